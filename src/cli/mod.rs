@@ -1,0 +1,95 @@
+//! The `vllm-operator` command line: thin wiring over the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for bad input (unreadable files, malformed resources, unknown flags values).
+pub const EXIT_BAD_INPUT: u8 = 1;
+/// Exit code for a well-formed request that cannot be satisfied (invalid shape, unplaced replica).
+pub const EXIT_INFEASIBLE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vllm-operator",
+    version,
+    about = "Places vLLM servers on GPUs by measured free memory"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller against the cluster in the current kubeconfig.
+    Run,
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd {
+        /// Write one file per CRD into each of these directories instead of printing.
+        #[arg(long = "out-dir")]
+        out_dirs: Vec<PathBuf>,
+    },
+    /// Memory breakdown of one model and shape, as vLLM will count it.
+    Estimate,
+    /// Place VllmDeployments on a fleet file and print the decisions.
+    Plan {
+        /// VllmDeployment YAML (one or more documents).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Fleet file, as `kubectl get gpunodes -o yaml` prints it.
+        #[arg(long)]
+        fleet: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run the controller's decision loop on an in-memory cluster until it settles.
+    Simulate,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Table,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { out_dirs } => crd(&out_dirs),
+        other => not_yet(&other),
+    }
+}
+
+fn crd(out_dirs: &[PathBuf]) -> ExitCode {
+    if !out_dirs.is_empty() {
+        return match crate::crdgen::write_crd_files(out_dirs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vllm-operator crd: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        };
+    }
+    match crate::crdgen::all_crds_yaml() {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()) {
+                eprintln!("vllm-operator crd: cannot write to stdout: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vllm-operator crd: cannot render the CRDs as YAML: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn not_yet(command: &Command) -> ExitCode {
+    eprintln!("vllm-operator: {command:?} is not implemented yet");
+    ExitCode::from(EXIT_BAD_INPUT)
+}

@@ -1,0 +1,7 @@
+//! vllm-operator: places vLLM model servers on GPUs by measured free memory, so that none dies
+//! of vLLM's startup memory check.
+
+pub mod api;
+pub mod cli;
+pub mod crdgen;
+pub mod manifest;
