@@ -1,0 +1,200 @@
+//! The per-GPU utilization rule shared by the planner and the in-pod launcher: given what NVML
+//! reports for one GPU and what the model needs, which `--gpu-memory-utilization` passes vLLM's
+//! startup check and still leaves room for the required KV cache.
+//!
+//! vLLM (>= 0.9.1) raises "Free memory on device ... on startup is less than desired GPU memory
+//! utilization" when `free < ceil(total_cuda * u)`, where `free` is measured after its own CUDA
+//! context, NCCL and cuBLAS exist. We check against NVML's total, which is at least CUDA's, so a
+//! `u` that passes here passes in vLLM. The budget vLLM then splits into weights, activations and
+//! KV cache is `u * total_cuda`, with `total_cuda ~= total - reserved` (NVML v2).
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::MemoryStrategy;
+
+/// Utilization is chosen in hundredths, as people write it and as vLLM logs it.
+pub const UTILIZATION_STEPS: u64 = 100;
+
+/// What the controller tells the launcher (and what the planner checks per GPU).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LaunchPlan {
+    /// Per GPU: weights + activation peak + non-torch + CUDA graphs.
+    pub required_bytes: u64,
+    /// Per GPU: the KV cache needed for `maxModelLen x minConcurrency` plus one block.
+    pub min_kv_bytes: u64,
+    /// vLLM's own use before its free-memory snapshot (CUDA context, NCCL, cuBLAS).
+    pub startup_overhead_bytes: u64,
+    /// Bytes kept free beyond vLLM's needs (`spec.memory.headroom`).
+    pub headroom_bytes: u64,
+    /// Upper bound on the utilization (`spec.memory.maxUtilization`).
+    pub max_utilization: f64,
+    pub strategy: MemoryStrategy,
+}
+
+/// One GPU as NVML reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuMemoryView {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub reserved_bytes: u64,
+}
+
+impl GpuMemoryView {
+    /// What CUDA reports as total: NVML total less the driver's reservation.
+    pub fn cuda_total_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.reserved_bytes)
+    }
+}
+
+/// A utilization that passes vLLM's startup check on one GPU, and what it leaves for KV cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    /// In hundredths: 87 means `--gpu-memory-utilization 0.87`.
+    pub utilization_pct: u64,
+    /// `u * total_cuda - required`: the KV cache vLLM will size on this GPU.
+    pub kv_cache_bytes: u64,
+}
+
+impl Fit {
+    pub fn utilization(&self) -> f64 {
+        self.utilization_pct as f64 / UTILIZATION_STEPS as f64
+    }
+}
+
+/// Why a GPU cannot take the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Free bytes the GPU would need for the smallest utilization that holds the model.
+    pub needed_free_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// vLLM's own startup comparison, with its float arithmetic: `free < ceil(total * u)` fails.
+pub fn passes_startup_check(total_bytes: u64, free_after_overhead: u64, utilization: f64) -> bool {
+    let requested = (total_bytes as f64 * utilization).ceil();
+    requested <= free_after_overhead as f64
+}
+
+/// Bytes vLLM budgets at utilization `pct` hundredths of CUDA's total.
+fn budget_bytes(cuda_total: u64, pct: u64) -> u64 {
+    ((cuda_total as u128 * pct as u128) / UTILIZATION_STEPS as u128) as u64
+}
+
+/// Choose the utilization for one GPU.
+///
+/// The largest safe value is `floor((free - overhead - headroom) / total)` in hundredths, capped at
+/// `max_utilization`; the smallest useful one is the least that leaves `min_kv_bytes` after
+/// `required_bytes`. `MaximizeCache` takes the largest, `Pack` the smallest.
+pub fn choose_utilization(gpu: GpuMemoryView, plan: &LaunchPlan) -> Result<Fit, Shortfall> {
+    let total = gpu.total_bytes.max(1);
+    let cuda_total = gpu.cuda_total_bytes().max(1);
+    let after_overhead = gpu.free_bytes.saturating_sub(plan.startup_overhead_bytes);
+    let available = after_overhead.saturating_sub(plan.headroom_bytes);
+    let cap_pct = (plan.max_utilization.clamp(0.0, 1.0) * UTILIZATION_STEPS as f64 + 1e-9).floor() as u64;
+    let mut max_pct = ((available as u128 * UTILIZATION_STEPS as u128) / total as u128) as u64;
+    max_pct = max_pct.min(cap_pct);
+    // Guard against float rounding in vLLM's own `ceil(total * u)`.
+    while max_pct > 0 && !passes_startup_check(total, after_overhead, max_pct as f64 / UTILIZATION_STEPS as f64) {
+        max_pct -= 1;
+    }
+
+    let need = plan.required_bytes.saturating_add(plan.min_kv_bytes);
+    // Smallest pct with budget(pct) >= need.
+    let min_pct = ((need as u128 * UTILIZATION_STEPS as u128).div_ceil(cuda_total as u128)).max(1);
+    let shortfall = || Shortfall {
+        needed_free_bytes: needed_free_bytes(gpu, plan, min_pct),
+        free_bytes: gpu.free_bytes,
+    };
+    if min_pct > UTILIZATION_STEPS as u128 || min_pct as u64 > max_pct {
+        return Err(shortfall());
+    }
+    let pct = match plan.strategy {
+        MemoryStrategy::MaximizeCache => max_pct,
+        MemoryStrategy::Pack => min_pct as u64,
+    };
+    let kv_cache_bytes = budget_bytes(cuda_total, pct).saturating_sub(plan.required_bytes);
+    Ok(Fit {
+        utilization_pct: pct,
+        kv_cache_bytes,
+    })
+}
+
+/// Free bytes at which `pct` would pass: `ceil(pct * total) + overhead + headroom`.
+fn needed_free_bytes(gpu: GpuMemoryView, plan: &LaunchPlan, pct: u128) -> u64 {
+    let requested = (gpu.total_bytes as u128 * pct).div_ceil(UTILIZATION_STEPS as u128);
+    (requested as u64)
+        .saturating_add(plan.startup_overhead_bytes)
+        .saturating_add(plan.headroom_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn plan(required: u64, min_kv: u64, strategy: MemoryStrategy) -> LaunchPlan {
+        LaunchPlan {
+            required_bytes: required,
+            min_kv_bytes: min_kv,
+            startup_overhead_bytes: 512 * MIB,
+            headroom_bytes: 256 * MIB,
+            max_utilization: 0.95,
+            strategy,
+        }
+    }
+
+    /// The classic failure: 8 GiB GPU, 6.92 GiB free. vLLM's default 0.9 asks for 7.2 GiB.
+    #[test]
+    fn classic_desktop_gpu_gets_a_utilization_that_passes() {
+        let gpu = GpuMemoryView {
+            total_bytes: 8 * GIB,
+            free_bytes: 7_430_346_834,
+            reserved_bytes: 248 * MIB,
+        };
+        assert!(!passes_startup_check(gpu.total_bytes, gpu.free_bytes, 0.9));
+        let fit = choose_utilization(gpu, &plan(3 * GIB, GIB, MemoryStrategy::MaximizeCache)).unwrap();
+        assert_eq!(fit.utilization_pct, 77);
+        assert!(passes_startup_check(gpu.total_bytes, gpu.free_bytes - 512 * MIB, fit.utilization()));
+        assert!(fit.kv_cache_bytes >= GIB);
+    }
+
+    #[test]
+    fn pack_takes_the_smallest_utilization_that_holds_the_need() {
+        let gpu = GpuMemoryView {
+            total_bytes: 80 * GIB,
+            free_bytes: 79 * GIB,
+            reserved_bytes: 0,
+        };
+        let fit = choose_utilization(gpu, &plan(16 * GIB, 4 * GIB, MemoryStrategy::Pack)).unwrap();
+        assert_eq!(fit.utilization_pct, 25);
+        assert!(fit.kv_cache_bytes >= 4 * GIB);
+        let one_less = budget_bytes(80 * GIB, 24);
+        assert!(one_less < 20 * GIB);
+    }
+
+    #[test]
+    fn refusal_says_how_much_free_memory_is_needed() {
+        let gpu = GpuMemoryView {
+            total_bytes: 8 * GIB,
+            free_bytes: 4 * GIB,
+            reserved_bytes: 0,
+        };
+        let short = choose_utilization(gpu, &plan(5 * GIB, GIB, MemoryStrategy::MaximizeCache)).unwrap_err();
+        assert_eq!(short.free_bytes, 4 * GIB);
+        assert_eq!(short.needed_free_bytes, 6 * GIB + 768 * MIB);
+    }
+
+    #[test]
+    fn never_above_max_utilization() {
+        let gpu = GpuMemoryView {
+            total_bytes: 80 * GIB,
+            free_bytes: 80 * GIB,
+            reserved_bytes: 0,
+        };
+        let mut p = plan(GIB, GIB, MemoryStrategy::MaximizeCache);
+        p.max_utilization = 0.9;
+        assert_eq!(choose_utilization(gpu, &p).unwrap().utilization_pct, 90);
+    }
+}
