@@ -6,3 +6,4 @@ pub mod cli;
 pub mod crdgen;
 pub mod fit;
 pub mod manifest;
+pub mod model;

@@ -1,0 +1,524 @@
+//! A model's memory-relevant architecture, read from a Hugging Face `config.json` (or the
+//! VllmDeployment's inline `architecture`), and its parameter count.
+
+use serde_json::Value;
+
+use crate::api::ModelArchitecture;
+
+/// How attention stores its KV cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// Multi-head / grouped-query attention: K and V per KV head.
+    Standard,
+    /// DeepSeek multi-head latent attention: one compressed latent per token and layer.
+    Mla {
+        kv_lora_rank: u64,
+        q_lora_rank: Option<u64>,
+        qk_rope_head_dim: u64,
+        qk_nope_head_dim: u64,
+        v_head_dim: u64,
+    },
+}
+
+/// Mixture-of-experts feed-forward layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moe {
+    pub num_experts: u64,
+    pub experts_per_token: u64,
+    /// Intermediate size of one routed expert.
+    pub expert_intermediate_size: u64,
+    /// Summed intermediate size of the always-on shared experts (0 when none).
+    pub shared_intermediate_size: u64,
+    /// Layers whose MLP is a MoE block; the others are dense with `intermediate_size`.
+    pub moe_layers: u32,
+    /// Experts carry biases (gpt-oss).
+    pub expert_bias: bool,
+}
+
+/// Weight format the checkpoint is published in, from `quantization_config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// Unquantized: weights in `dtype_bytes`.
+    Dense,
+    /// FP8 weights (e4m3), possibly with block scales.
+    Fp8,
+    /// Meta's FBGEMM FP8 release: FP8 feed-forward weights except in the first and last layer;
+    /// attention stays in 16 bits (Llama 3 paper, section on FP8 inference).
+    FbgemmFp8,
+    /// 4-bit AWQ with per-group scales and zeros.
+    Awq { group_size: u64 },
+    /// 4-bit (or 8-bit) GPTQ with per-group scales.
+    Gptq { bits: u64, group_size: u64 },
+    /// MXFP4 experts (gpt-oss): 4-bit values with one 8-bit scale per 32.
+    Mxfp4,
+    /// compressed-tensors integer weights (e.g. W8A8 int8), per-channel scales.
+    CompressedInt { bits: u64 },
+    /// Another method vLLM knows but this model does not size (e.g. bitsandbytes); named.
+    Other(String),
+}
+
+/// Everything the estimator needs about a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Architecture {
+    pub model_type: String,
+    pub num_layers: u32,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_attention_heads: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u64,
+    pub vocab_size: u64,
+    pub tie_word_embeddings: bool,
+    /// Bytes per weight in the checkpoint dtype (2 for bf16/fp16, 4 for fp32).
+    pub dtype_bytes: u64,
+    pub max_position_embeddings: u64,
+    pub attention: Attention,
+    /// Attention projections carry biases (Qwen2, OPT, gpt-oss).
+    pub attention_bias: bool,
+    /// Gated MLP (SwiGLU/GeGLU: gate, up, down) rather than two matrices (OPT).
+    pub gated_mlp: bool,
+    pub moe: Option<Moe>,
+    /// `(window, layers that use it)`.
+    pub sliding_window: Option<(u64, u32)>,
+    pub checkpoint: CheckpointFormat,
+    /// Parameters of a vision tower or other parts not in the text stack (approximate).
+    pub extra_parameters: u64,
+    /// Parameter count stated by the publisher or the user, when known.
+    pub stated_parameters: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArchitectureError {
+    #[error("config.json lacks `{0}`")]
+    Missing(&'static str),
+    #[error("config.json field `{field}` is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn get_u64(v: &Value, key: &str) -> Option<u64> {
+    match v.get(key)? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+fn req_u64(v: &Value, key: &'static str) -> Result<u64, ArchitectureError> {
+    get_u64(v, key).ok_or(ArchitectureError::Missing(key))
+}
+
+fn first_u64(v: &Value, keys: &[&'static str]) -> Option<u64> {
+    keys.iter().find_map(|k| get_u64(v, k))
+}
+
+fn get_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Bytes per element of a `torch_dtype` / `dtype` string.
+pub fn dtype_bytes(dtype: &str) -> Option<u64> {
+    match dtype.trim_start_matches("torch.") {
+        "bfloat16" | "float16" | "half" | "bf16" | "fp16" => Some(2),
+        "float32" | "float" | "fp32" => Some(4),
+        "float8_e4m3fn" | "fp8" => Some(1),
+        _ => None,
+    }
+}
+
+impl Architecture {
+    /// Read a Hugging Face `config.json`. Vision-language configs keep the language model in
+    /// `text_config`; its fields win over the top level.
+    pub fn from_hf_config(config: &Value) -> Result<Self, ArchitectureError> {
+        if !config.is_object() {
+            return Err(ArchitectureError::Invalid {
+                field: "config",
+                reason: "not a JSON object".into(),
+            });
+        }
+        let text = match config.get("text_config") {
+            Some(t @ Value::Object(_)) => merged(config, t),
+            _ => config.clone(),
+        };
+        let c = &text;
+        let model_type = get_str(c, "model_type").unwrap_or("").to_string();
+        let num_layers = req_u64(c, "num_hidden_layers")? as u32;
+        let hidden_size = req_u64(c, "hidden_size")?;
+        let num_attention_heads = req_u64(c, "num_attention_heads")? as u32;
+        if num_layers == 0 || hidden_size == 0 || num_attention_heads == 0 {
+            return Err(ArchitectureError::Invalid {
+                field: "num_hidden_layers/hidden_size/num_attention_heads",
+                reason: "must be positive".into(),
+            });
+        }
+        let num_kv_heads =
+            get_u64(c, "num_key_value_heads").unwrap_or(num_attention_heads as u64) as u32;
+        let head_dim = get_u64(c, "head_dim").unwrap_or(hidden_size / num_attention_heads as u64);
+        let is_opt = model_type == "opt";
+        let intermediate_size = if is_opt {
+            req_u64(c, "ffn_dim")?
+        } else {
+            req_u64(c, "intermediate_size")?
+        };
+        let vocab_size = match get_u64(c, "vocab_size") {
+            Some(v) => v,
+            // Gemma 3's text_config omits it; transformers' default.
+            None if model_type.starts_with("gemma3") => 262_208,
+            None => return Err(ArchitectureError::Missing("vocab_size")),
+        };
+        let tie_word_embeddings = c
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(is_opt || model_type.starts_with("gemma"));
+        let dtype = get_str(c, "torch_dtype")
+            .or_else(|| get_str(c, "dtype"))
+            .or_else(|| get_str(config, "torch_dtype"))
+            .unwrap_or("bfloat16");
+        let dtype_bytes = dtype_bytes(dtype).ok_or_else(|| ArchitectureError::Invalid {
+            field: "torch_dtype",
+            reason: format!("unknown dtype {dtype:?}"),
+        })?;
+        let max_position_embeddings = get_u64(c, "max_position_embeddings").unwrap_or(4096);
+
+        let attention = match get_u64(c, "kv_lora_rank") {
+            Some(kv_lora_rank) => Attention::Mla {
+                kv_lora_rank,
+                q_lora_rank: get_u64(c, "q_lora_rank"),
+                qk_rope_head_dim: req_u64(c, "qk_rope_head_dim")?,
+                qk_nope_head_dim: req_u64(c, "qk_nope_head_dim")?,
+                v_head_dim: req_u64(c, "v_head_dim")?,
+            },
+            None => Attention::Standard,
+        };
+        let attention_bias = c
+            .get("attention_bias")
+            .and_then(Value::as_bool)
+            .unwrap_or(matches!(
+                model_type.as_str(),
+                "qwen2" | "qwen2_vl" | "qwen2_5_vl" | "opt"
+            ));
+
+        let moe = parse_moe(c, num_layers, intermediate_size, &model_type);
+        let sliding_window = parse_sliding(c, num_layers, &model_type);
+        let checkpoint = parse_checkpoint(
+            config
+                .get("quantization_config")
+                .or_else(|| c.get("quantization_config")),
+        );
+        let extra_parameters = config
+            .get("vision_config")
+            .map(vision_parameters)
+            .unwrap_or(0);
+
+        Ok(Architecture {
+            model_type,
+            num_layers,
+            hidden_size,
+            intermediate_size,
+            num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            tie_word_embeddings,
+            dtype_bytes,
+            max_position_embeddings,
+            attention,
+            attention_bias,
+            gated_mlp: !is_opt,
+            moe,
+            sliding_window,
+            checkpoint,
+            extra_parameters,
+            stated_parameters: None,
+        })
+    }
+
+    /// The VllmDeployment's inline architecture: a dense decoder with the given sizes.
+    pub fn from_spec(spec: &ModelArchitecture) -> Result<Self, ArchitectureError> {
+        let need = |v: Option<u64>, name: &'static str| v.ok_or(ArchitectureError::Missing(name));
+        let num_layers = need(spec.num_hidden_layers.map(u64::from), "numHiddenLayers")? as u32;
+        let hidden_size = need(spec.hidden_size, "hiddenSize")?;
+        let heads = need(spec.num_attention_heads.map(u64::from), "numAttentionHeads")?;
+        if num_layers == 0 || hidden_size == 0 || heads == 0 {
+            return Err(ArchitectureError::Invalid {
+                field: "architecture",
+                reason: "numHiddenLayers, hiddenSize and numAttentionHeads must be positive".into(),
+            });
+        }
+        let dtype = spec.dtype.as_deref().unwrap_or("bfloat16");
+        Ok(Architecture {
+            model_type: "custom".into(),
+            num_layers,
+            hidden_size,
+            intermediate_size: spec.intermediate_size.unwrap_or(hidden_size * 4),
+            num_attention_heads: heads as u32,
+            num_kv_heads: spec.num_key_value_heads.unwrap_or(heads as u32),
+            head_dim: spec.head_dim.map(u64::from).unwrap_or(hidden_size / heads),
+            vocab_size: need(spec.vocab_size, "vocabSize")?,
+            tie_word_embeddings: spec.tie_word_embeddings.unwrap_or(false),
+            dtype_bytes: dtype_bytes(dtype).ok_or_else(|| ArchitectureError::Invalid {
+                field: "dtype",
+                reason: format!("unknown dtype {dtype:?}"),
+            })?,
+            max_position_embeddings: spec.max_position_embeddings.unwrap_or(4096),
+            attention: Attention::Standard,
+            attention_bias: false,
+            gated_mlp: true,
+            moe: None,
+            sliding_window: None,
+            checkpoint: CheckpointFormat::Dense,
+            extra_parameters: 0,
+            stated_parameters: spec.parameters,
+        })
+    }
+
+    /// Parameters in the attention block of one layer.
+    fn attention_parameters(&self) -> u64 {
+        let h = self.hidden_size;
+        match &self.attention {
+            Attention::Standard => {
+                let q = self.num_attention_heads as u64 * self.head_dim;
+                let kv = self.num_kv_heads as u64 * self.head_dim;
+                let bias = if self.attention_bias { q + 2 * kv } else { 0 };
+                h * q + 2 * h * kv + q * h + bias
+            }
+            Attention::Mla {
+                kv_lora_rank,
+                q_lora_rank,
+                qk_rope_head_dim,
+                qk_nope_head_dim,
+                v_head_dim,
+            } => {
+                let heads = self.num_attention_heads as u64;
+                let q_head = qk_nope_head_dim + qk_rope_head_dim;
+                let q = match q_lora_rank {
+                    Some(r) => h * r + r + r * heads * q_head,
+                    None => h * heads * q_head,
+                };
+                let kv_a = h * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
+                let kv_b = kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
+                let o = heads * v_head_dim * h;
+                q + kv_a + kv_b + o
+            }
+        }
+    }
+
+    fn dense_mlp_parameters(&self, intermediate: u64) -> u64 {
+        if self.gated_mlp {
+            3 * self.hidden_size * intermediate
+        } else {
+            2 * self.hidden_size * intermediate + intermediate + self.hidden_size
+        }
+    }
+
+    /// Parameters in all MLP blocks, split into (always-active, routed experts).
+    fn mlp_parameters(&self) -> (u64, u64) {
+        let h = self.hidden_size;
+        match &self.moe {
+            None => (
+                self.num_layers as u64 * self.dense_mlp_parameters(self.intermediate_size),
+                0,
+            ),
+            Some(m) => {
+                let dense_layers = (self.num_layers - m.moe_layers) as u64;
+                let per_expert = 3 * h * m.expert_intermediate_size
+                    + if m.expert_bias {
+                        2 * m.expert_intermediate_size + h
+                    } else {
+                        0
+                    };
+                let router = h * m.num_experts + if m.expert_bias { m.num_experts } else { 0 };
+                let shared = if m.shared_intermediate_size > 0 {
+                    3 * h * m.shared_intermediate_size
+                } else {
+                    0
+                };
+                let always = dense_layers * self.dense_mlp_parameters(self.intermediate_size)
+                    + m.moe_layers as u64 * (router + shared);
+                (always, m.moe_layers as u64 * m.num_experts * per_expert)
+            }
+        }
+    }
+
+    /// Embedding (and untied LM head) parameters.
+    pub fn embedding_parameters(&self) -> u64 {
+        let table = self.vocab_size * self.hidden_size;
+        let positions = if self.model_type == "opt" {
+            (self.max_position_embeddings + 2) * self.hidden_size
+        } else {
+            0
+        };
+        table + positions + if self.tie_word_embeddings { 0 } else { table }
+    }
+
+    /// Norm weights: two per layer and a final one.
+    fn norm_parameters(&self) -> u64 {
+        let per = if self.gated_mlp { 1 } else { 2 }; // LayerNorm has a bias too
+        (2 * self.num_layers as u64 + 1) * self.hidden_size * per
+    }
+
+    /// Parameters computed from the architecture: (attention, dense MLP + routers + shared
+    /// experts, routed experts, embeddings + LM head, norms).
+    pub fn parameter_breakdown(&self) -> ParameterBreakdown {
+        let (mlp, experts) = self.mlp_parameters();
+        ParameterBreakdown {
+            attention: self.num_layers as u64 * self.attention_parameters(),
+            mlp,
+            experts,
+            embeddings: self.embedding_parameters(),
+            norms: self.norm_parameters(),
+            extra: self.extra_parameters,
+        }
+    }
+
+    /// Total parameters: the stated count when known, else computed.
+    pub fn parameters(&self) -> u64 {
+        self.stated_parameters
+            .unwrap_or_else(|| self.parameter_breakdown().total())
+    }
+
+    /// KV heads each tensor-parallel rank stores: vLLM replicates heads when tp exceeds them.
+    pub fn kv_heads_per_rank(&self, tp: u32) -> u64 {
+        (self.num_kv_heads / tp.max(1)).max(1) as u64
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParameterBreakdown {
+    pub attention: u64,
+    pub mlp: u64,
+    pub experts: u64,
+    pub embeddings: u64,
+    pub norms: u64,
+    pub extra: u64,
+}
+
+impl ParameterBreakdown {
+    pub fn total(&self) -> u64 {
+        self.attention + self.mlp + self.experts + self.embeddings + self.norms + self.extra
+    }
+}
+
+/// `text_config` fields override the top level (vision-language models).
+fn merged(top: &Value, text: &Value) -> Value {
+    let mut out = top.clone();
+    if let (Value::Object(o), Value::Object(t)) = (&mut out, text) {
+        o.remove("text_config");
+        for (k, v) in t {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn parse_moe(c: &Value, num_layers: u32, intermediate: u64, model_type: &str) -> Option<Moe> {
+    let num_experts = first_u64(c, &["num_local_experts", "num_experts", "n_routed_experts"])?;
+    if num_experts <= 1 {
+        return None;
+    }
+    let experts_per_token =
+        first_u64(c, &["num_experts_per_tok", "experts_per_token"]).unwrap_or(2);
+    let expert_intermediate_size = get_u64(c, "moe_intermediate_size").unwrap_or(intermediate);
+    let shared_intermediate_size = match (
+        get_u64(c, "n_shared_experts"),
+        get_u64(c, "shared_expert_intermediate_size"),
+    ) {
+        (Some(n), _) => n * expert_intermediate_size,
+        (None, Some(s)) => s,
+        _ => 0,
+    };
+    let first_dense = get_u64(c, "first_k_dense_replace").unwrap_or(0) as u32;
+    let mlp_only = c
+        .get("mlp_only_layers")
+        .and_then(Value::as_array)
+        .map(|a| a.len() as u32)
+        .unwrap_or(0);
+    let step = get_u64(c, "decoder_sparse_step")
+        .or_else(|| get_u64(c, "moe_layer_freq"))
+        .unwrap_or(1)
+        .max(1) as u32;
+    let eligible = num_layers
+        .saturating_sub(first_dense)
+        .saturating_sub(mlp_only);
+    let moe_layers = eligible / step + u32::from(step > 1 && eligible % step != 0);
+    Some(Moe {
+        num_experts,
+        experts_per_token,
+        expert_intermediate_size,
+        shared_intermediate_size,
+        moe_layers: moe_layers.min(num_layers),
+        expert_bias: model_type == "gpt_oss",
+    })
+}
+
+fn parse_sliding(c: &Value, num_layers: u32, model_type: &str) -> Option<(u64, u32)> {
+    let window = get_u64(c, "sliding_window")?;
+    if window == 0 {
+        return None;
+    }
+    if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+        let n = types
+            .iter()
+            .filter(|t| t.as_str() == Some("sliding_attention"))
+            .count() as u32;
+        return (n > 0).then_some((window, n));
+    }
+    if c.get("use_sliding_window").and_then(Value::as_bool) == Some(false) {
+        return None;
+    }
+    match model_type {
+        // Every other layer is local.
+        "gemma2" => Some((window, num_layers / 2)),
+        // Five local layers for every global one.
+        t if t.starts_with("gemma3") => {
+            let pattern = get_u64(c, "sliding_window_pattern").unwrap_or(6).max(1) as u32;
+            Some((window, num_layers - num_layers / pattern))
+        }
+        "mistral" | "mixtral" | "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe" => {
+            Some((window, num_layers))
+        }
+        _ => None,
+    }
+}
+
+fn parse_checkpoint(q: Option<&Value>) -> CheckpointFormat {
+    let Some(q) = q else {
+        return CheckpointFormat::Dense;
+    };
+    let method = get_str(q, "quant_method")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let group_size = get_u64(q, "group_size").unwrap_or(128);
+    match method.as_str() {
+        "fp8" => CheckpointFormat::Fp8,
+        "fbgemm_fp8" => CheckpointFormat::FbgemmFp8,
+        "awq" => CheckpointFormat::Awq { group_size },
+        "gptq" => CheckpointFormat::Gptq {
+            bits: get_u64(q, "bits").unwrap_or(4),
+            group_size,
+        },
+        "mxfp4" => CheckpointFormat::Mxfp4,
+        "compressed-tensors" | "compressed_tensors" => {
+            let bits = get_u64(q, "bits").or_else(|| {
+                q.get("config_groups")?
+                    .as_object()?
+                    .values()
+                    .find_map(|g| get_u64(g.get("weights")?, "num_bits"))
+            });
+            match bits {
+                Some(bits) => CheckpointFormat::CompressedInt { bits },
+                None => CheckpointFormat::Other(method),
+            }
+        }
+        "" => CheckpointFormat::Dense,
+        other => CheckpointFormat::Other(other.to_string()),
+    }
+}
+
+/// A ViT-like tower: 12·h² per layer (attention 4h², MLP 2·h·i).
+fn vision_parameters(v: &Value) -> u64 {
+    let h = get_u64(v, "hidden_size").unwrap_or(0);
+    let layers = first_u64(v, &["num_hidden_layers", "depth"]).unwrap_or(0);
+    let i = get_u64(v, "intermediate_size").unwrap_or(4 * h);
+    layers * (4 * h * h + 2 * h * i)
+}

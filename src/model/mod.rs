@@ -1,0 +1,10 @@
+//! What a model needs on each GPU, as vLLM counts it.
+
+pub mod arch;
+pub mod catalog;
+pub mod estimate;
+
+pub use arch::{Architecture, ArchitectureError};
+pub use estimate::{
+    Estimate, GpuFacts, InvalidShape, KvCache, Shape, VllmFamily, estimate, validate_shape,
+};
