@@ -90,11 +90,18 @@ pub fn choose_utilization(gpu: GpuMemoryView, plan: &LaunchPlan) -> Result<Fit, 
     let cuda_total = gpu.cuda_total_bytes().max(1);
     let after_overhead = gpu.free_bytes.saturating_sub(plan.startup_overhead_bytes);
     let available = after_overhead.saturating_sub(plan.headroom_bytes);
-    let cap_pct = (plan.max_utilization.clamp(0.0, 1.0) * UTILIZATION_STEPS as f64 + 1e-9).floor() as u64;
+    let cap_pct =
+        (plan.max_utilization.clamp(0.0, 1.0) * UTILIZATION_STEPS as f64 + 1e-9).floor() as u64;
     let mut max_pct = ((available as u128 * UTILIZATION_STEPS as u128) / total as u128) as u64;
     max_pct = max_pct.min(cap_pct);
     // Guard against float rounding in vLLM's own `ceil(total * u)`.
-    while max_pct > 0 && !passes_startup_check(total, after_overhead, max_pct as f64 / UTILIZATION_STEPS as f64) {
+    while max_pct > 0
+        && !passes_startup_check(
+            total,
+            after_overhead,
+            max_pct as f64 / UTILIZATION_STEPS as f64,
+        )
+    {
         max_pct -= 1;
     }
 
@@ -154,9 +161,14 @@ mod tests {
             reserved_bytes: 248 * MIB,
         };
         assert!(!passes_startup_check(gpu.total_bytes, gpu.free_bytes, 0.9));
-        let fit = choose_utilization(gpu, &plan(3 * GIB, GIB, MemoryStrategy::MaximizeCache)).unwrap();
+        let fit =
+            choose_utilization(gpu, &plan(3 * GIB, GIB, MemoryStrategy::MaximizeCache)).unwrap();
         assert_eq!(fit.utilization_pct, 77);
-        assert!(passes_startup_check(gpu.total_bytes, gpu.free_bytes - 512 * MIB, fit.utilization()));
+        assert!(passes_startup_check(
+            gpu.total_bytes,
+            gpu.free_bytes - 512 * MIB,
+            fit.utilization()
+        ));
         assert!(fit.kv_cache_bytes >= GIB);
     }
 
@@ -181,7 +193,8 @@ mod tests {
             free_bytes: 4 * GIB,
             reserved_bytes: 0,
         };
-        let short = choose_utilization(gpu, &plan(5 * GIB, GIB, MemoryStrategy::MaximizeCache)).unwrap_err();
+        let short = choose_utilization(gpu, &plan(5 * GIB, GIB, MemoryStrategy::MaximizeCache))
+            .unwrap_err();
         assert_eq!(short.free_bytes, 4 * GIB);
         assert_eq!(short.needed_free_bytes, 6 * GIB + 768 * MIB);
     }
