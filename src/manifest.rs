@@ -22,21 +22,26 @@ pub enum ManifestError {
         document: usize,
         source: serde_norway::Error,
     },
-    #[error("{path}: document {document} ({kind} {name}): field `{field}`: {message}")]
-    Field {
-        path: PathBuf,
-        document: usize,
-        kind: String,
-        name: String,
-        field: String,
-        message: String,
-    },
+    #[error("{0}")]
+    Field(Box<FieldError>),
     #[error("{path}: document {document}: {message}")]
     Shape {
         path: PathBuf,
         document: usize,
         message: String,
     },
+}
+
+/// A field that does not fit the type, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: document {document} ({kind} {name}): field `{field}`: {message}")]
+pub struct FieldError {
+    pub path: PathBuf,
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// One object read from a file, with where it came from.
@@ -133,13 +138,15 @@ impl Document {
 
     /// Deserialize into `T`, naming the offending field on failure.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ManifestError> {
-        serde_path_to_error::deserialize(&self.value).map_err(|err| ManifestError::Field {
-            path: self.path.clone(),
-            document: self.document,
-            kind: self.kind().to_string(),
-            name: self.name().to_string(),
-            field: err.path().to_string(),
-            message: err.inner().to_string(),
+        serde_path_to_error::deserialize(&self.value).map_err(|err| {
+            ManifestError::Field(Box::new(FieldError {
+                path: self.path.clone(),
+                document: self.document,
+                kind: self.kind().to_string(),
+                name: self.name().to_string(),
+                field: err.path().to_string(),
+                message: err.inner().to_string(),
+            }))
         })
     }
 

@@ -141,6 +141,22 @@ pub struct ModelSpec {
     /// A ConfigMap key holding the model's `config.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapKeyRef>,
+
+    /// Hugging Face revision (branch, tag or commit) of `config.json`; default `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
+    /// A Secret key holding a Hugging Face token, for gated or private models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_token_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    #[serde(default = "default_token_key")]
+    pub key: String,
 }
 
 /// The memory-relevant facts of a model, in the spirit of its Hugging Face `config.json`.
@@ -363,6 +379,9 @@ fn default_one() -> i32 {
 }
 fn default_port() -> i32 {
     8000
+}
+fn default_token_key() -> String {
+    "token".to_string()
 }
 fn default_config_key() -> String {
     "config.json".to_string()

@@ -1,6 +1,9 @@
 //! The two custom resources of `vllm-operator.io/v1alpha1` and the enums they share.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` per column; clippy reads that as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 mod deployment;
+#[allow(clippy::duplicated_attributes)]
 mod gpunode;
 
 use std::fmt;

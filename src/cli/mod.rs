@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod estimate;
+
 /// Exit code for bad input (unreadable files, malformed resources, unknown flags values).
 pub const EXIT_BAD_INPUT: u8 = 1;
 /// Exit code for a well-formed request that cannot be satisfied (invalid shape, unplaced replica).
@@ -33,7 +35,7 @@ pub enum Command {
         out_dirs: Vec<PathBuf>,
     },
     /// Memory breakdown of one model and shape, as vLLM will count it.
-    Estimate,
+    Estimate(estimate::EstimateArgs),
     /// Place VllmDeployments on a fleet file and print the decisions.
     Plan {
         /// VllmDeployment YAML (one or more documents).
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { out_dirs } => crd(&out_dirs),
+        Command::Estimate(args) => estimate::run(&args),
         other => not_yet(&other),
     }
 }

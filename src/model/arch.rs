@@ -89,9 +89,9 @@ pub struct Architecture {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArchitectureError {
-    #[error("config.json lacks `{0}`")]
+    #[error("missing field `{0}`")]
     Missing(&'static str),
-    #[error("config.json field `{field}` is invalid: {reason}")]
+    #[error("field `{field}` is invalid: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
 
@@ -440,7 +440,7 @@ fn parse_moe(c: &Value, num_layers: u32, intermediate: u64, model_type: &str) ->
     let eligible = num_layers
         .saturating_sub(first_dense)
         .saturating_sub(mlp_only);
-    let moe_layers = eligible / step + u32::from(step > 1 && eligible % step != 0);
+    let moe_layers = eligible / step + u32::from(step > 1 && !eligible.is_multiple_of(step));
     Some(Moe {
         num_experts,
         experts_per_token,

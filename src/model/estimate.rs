@@ -308,7 +308,7 @@ pub fn validate_shape(
             "tensor parallel size {tp} is not a power of two from 1 to 64"
         )));
     }
-    if arch.num_attention_heads % tp != 0 {
+    if !arch.num_attention_heads.is_multiple_of(tp) {
         return Err(InvalidShape(format!(
             "{} attention heads are not divisible by tensor parallel size {tp}",
             arch.num_attention_heads
@@ -316,7 +316,11 @@ pub fn validate_shape(
     }
     if arch.attention == Attention::Standard {
         let kv = arch.num_kv_heads.max(1);
-        let ok = if tp >= kv { tp % kv == 0 } else { kv % tp == 0 };
+        let ok = if tp >= kv {
+            tp.is_multiple_of(kv)
+        } else {
+            kv.is_multiple_of(tp)
+        };
         if !ok {
             return Err(InvalidShape(format!(
                 "{kv} KV heads and tensor parallel size {tp}: one must divide the other"
@@ -359,7 +363,7 @@ pub fn validate_shape(
                     need.0, need.1
                 )));
             }
-            if group_size > 0 && shard_in % group_size != 0 {
+            if group_size > 0 && !shard_in.is_multiple_of(group_size) {
                 return Err(InvalidShape(format!(
                     "intermediate size per rank {shard_in} is not a multiple of the quantization group size {group_size} at tensor parallel size {tp}"
                 )));
@@ -368,7 +372,7 @@ pub fn validate_shape(
                 shape.quantization,
                 Quantization::AwqMarlin | Quantization::GptqMarlin
             );
-            if marlin && (shard_in % 128 != 0 || shard_in % 64 != 0) {
+            if marlin && !shard_in.is_multiple_of(128) {
                 return Err(InvalidShape(format!(
                     "Marlin needs the per-rank intermediate size ({shard_in}) to be a multiple of 128 at tensor parallel size {tp}"
                 )));

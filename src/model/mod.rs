@@ -3,6 +3,8 @@
 pub mod arch;
 pub mod catalog;
 pub mod estimate;
+pub mod hub;
+pub mod resolve;
 
 pub use arch::{Architecture, ArchitectureError};
 pub use estimate::{
