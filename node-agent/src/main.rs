@@ -1,8 +1,23 @@
 //! `vllm-node-agent`: publishes what NVML sees on this node's GPUs, and launches vLLM in a pod.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use vllm_node_agent::agent::{AgentConfig, run};
+use vllm_node_agent::launch::{
+    self, Decision, EXIT_INSUFFICIENT, PLAN_ENV, decide, format_utilization, refusal_line,
+    rewrite_args, select_gpus,
+};
+use vllm_node_agent::nvml::{DEFAULT_LIB, GpuInventory, LIB_ENV, NvmlInventory};
+use vllm_node_agent::publish::Thresholds;
+use vllm_operator::api::GpuInfo;
+use vllm_operator::fit::LaunchPlan;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -11,6 +26,9 @@ use clap::{Parser, Subcommand};
     about = "NVML reporter and vLLM launcher for vllm-operator"
 )]
 struct Cli {
+    /// Path of the NVML library.
+    #[arg(long, global = true, env = LIB_ENV, default_value = DEFAULT_LIB)]
+    nvml_lib: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,15 +36,298 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Poll NVML and publish this node's GpuNode.
-    Run,
+    Run(RunArgs),
     /// Print the GPUs as the GpuNode status would carry them.
-    Probe,
+    Probe {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+        /// Read NVML this many times and print CPU time per read and peak RSS (benchmark).
+        #[arg(long, hide = true)]
+        bench_polls: Option<u32>,
+    },
     /// Fix --gpu-memory-utilization from NVML and exec the command.
-    Launch,
+    Launch(LaunchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
+    #[arg(long, default_value_t = 30)]
+    heartbeat_seconds: u64,
+    #[arg(long, default_value_t = 268_435_456)]
+    threshold_bytes: u64,
+    #[arg(long, default_value_t = 1.0)]
+    threshold_percent: f64,
+    #[arg(long, default_value = "0.0.0.0:9400")]
+    metrics_addr: SocketAddr,
+    #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pod_resources_socket: PathBuf,
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct LaunchArgs {
+    /// The LaunchPlan JSON written by the controller.
+    #[arg(long, env = PLAN_ENV)]
+    plan: Option<String>,
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
+    /// The command to exec, e.g. `vllm serve MODEL ...`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Json,
+    Table,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!("vllm-node-agent: {:?} is not implemented yet", cli.command);
-    ExitCode::from(1)
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Probe {
+            output,
+            bench_polls,
+        } => probe(&cli.nvml_lib, output, bench_polls),
+        Command::Launch(args) => launch_cmd(&cli.nvml_lib, args),
+        Command::Run(args) => run_cmd(&cli.nvml_lib, args),
+    }
+}
+
+fn probe(lib: &str, output: Output, bench_polls: Option<u32>) -> ExitCode {
+    let inventory = match NvmlInventory::open(lib) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("vllm-node-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(n) = bench_polls {
+        return bench(&inventory, n);
+    }
+    let snapshot = match inventory.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vllm-node-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match output {
+        Output::Json => match serde_json::to_string_pretty(&snapshot.gpus) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("vllm-node-agent: encoding JSON: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Output::Table => print_table(&snapshot.gpus),
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(gpus: &[GpuInfo]) {
+    const GIB: f64 = (1u64 << 30) as f64;
+    println!(
+        "{:<5} {:<42} {:<26} {:>4} {:>9} {:>9} {:>9} {:>5}",
+        "INDEX", "UUID", "PRODUCT", "CC", "TOTAL", "FREE", "RESERVED", "PROCS"
+    );
+    for g in gpus {
+        println!(
+            "{:<5} {:<42} {:<26} {:>4} {:>9.2} {:>9.2} {:>9.2} {:>5}",
+            g.index,
+            g.uuid,
+            g.product,
+            g.compute_capability,
+            g.memory.total_bytes as f64 / GIB,
+            g.memory.free_bytes as f64 / GIB,
+            g.memory.reserved_bytes as f64 / GIB,
+            g.processes.len()
+        );
+    }
+}
+
+/// CPU time per NVML read (user+sys from getrusage-equivalent /proc/self/stat) and VmHWM.
+fn bench(inventory: &NvmlInventory, polls: u32) -> ExitCode {
+    let cpu_before = cpu_seconds();
+    let started = std::time::Instant::now();
+    let mut gpus = 0;
+    for _ in 0..polls {
+        match inventory.snapshot() {
+            Ok(s) => gpus = s.gpus.len(),
+            Err(e) => {
+                eprintln!("vllm-node-agent: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    println!(
+        "polls={polls} gpus={gpus} cpu_per_poll_us={:.1} wall_per_poll_us={:.1} {hwm}",
+        cpu * 1e6 / polls.max(1) as f64,
+        started.elapsed().as_secs_f64() * 1e6 / polls.max(1) as f64
+    );
+    ExitCode::SUCCESS
+}
+
+/// utime + stime of this process, in seconds (clock ticks at the usual 100 Hz).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn termination(path: &std::path::Path, line: &str) {
+    eprintln!("{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
+    let fail = |line: String| {
+        termination(&args.termination_log, &line);
+        ExitCode::from(1)
+    };
+    let Some(plan_json) = args.plan.as_deref() else {
+        return fail(format!(
+            "vllm-operator: bad-plan: no --plan and no {PLAN_ENV}"
+        ));
+    };
+    let plan: LaunchPlan = match serde_json::from_str(plan_json) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),
+    };
+    let snapshot = match NvmlInventory::open(lib).and_then(|i| i.snapshot()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("vllm-operator: nvml-failed: {e}")),
+    };
+    let visible = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
+    let gpus = match select_gpus(&snapshot.gpus, visible.as_deref()) {
+        Ok(g) if !g.is_empty() => g,
+        Ok(_) => return fail("vllm-operator: no-gpu: NVML reports no GPU".to_string()),
+        Err(e) => return fail(format!("vllm-operator: no-gpu: {e}")),
+    };
+    match decide(&gpus, &plan) {
+        Decision::Refuse {
+            index,
+            uuid,
+            shortfall,
+        } => {
+            termination(
+                &args.termination_log,
+                &refusal_line(index, &uuid, &shortfall),
+            );
+            ExitCode::from(EXIT_INSUFFICIENT)
+        }
+        Decision::Launch {
+            utilization_pct,
+            worst_uuid,
+        } => {
+            let value = format_utilization(utilization_pct);
+            let (program, rest) = match args.command.split_first() {
+                Some(split) => split,
+                None => return fail("vllm-operator: no command to launch".to_string()),
+            };
+            let (new_args, old) = rewrite_args(rest, &value);
+            eprintln!(
+                "vllm-operator: {} {} -> {value}: {worst_uuid} is the tightest of {} GPU(s) ({:?} strategy)",
+                launch::FLAG,
+                old.as_deref().unwrap_or("(unset)"),
+                gpus.len(),
+                plan.strategy
+            );
+            let err = std::process::Command::new(program).args(&new_args).exec();
+            fail(format!("vllm-operator: exec {program} failed: {err}"))
+        }
+    }
+}
+
+fn run_cmd(lib: &str, args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vllm-node-agent: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = AgentConfig {
+        node_name: args.node_name,
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(1)),
+        thresholds: Thresholds {
+            bytes: args.threshold_bytes,
+            percent: args.threshold_percent,
+            heartbeat: Duration::from_secs(args.heartbeat_seconds),
+        },
+        metrics_addr: args.metrics_addr,
+        pod_resources_socket: args.pod_resources_socket,
+        proc_root: args.proc_root,
+    };
+    let lib = lib.to_string();
+    let result = runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| e.to_string())?;
+        // NVML missing is a condition on the GpuNode, not a crash: retry opening it in the loop.
+        let inventory: Arc<dyn GpuInventory> = Arc::new(vllm_node_agent::nvml::LazyNvml::new(lib));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        run(config, inventory, client, rx)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vllm-node-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }

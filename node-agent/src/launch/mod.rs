@@ -1,0 +1,252 @@
+//! The in-pod launcher: fix `--gpu-memory-utilization` from NVML at the last moment, then exec.
+
+use vllm_operator::api::GpuInfo;
+use vllm_operator::fit::{GpuMemoryView, LaunchPlan, Shortfall, choose_for_gpus};
+
+/// Exit status when the model no longer fits (EX_TEMPFAIL: re-plan and retry).
+pub const EXIT_INSUFFICIENT: u8 = 75;
+pub const FLAG: &str = "--gpu-memory-utilization";
+pub const PLAN_ENV: &str = "VLLM_OPERATOR_PLAN";
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SelectError {
+    #[error("NVIDIA_VISIBLE_DEVICES={0}: this container was given no GPU")]
+    NoDevices(String),
+    #[error("NVIDIA_VISIBLE_DEVICES names {0}, which NVML does not report")]
+    UnknownDevice(String),
+}
+
+/// The GPUs this container received, per `NVIDIA_VISIBLE_DEVICES` (UUIDs or indices).
+/// Unset or `all`: every physical GPU (or MIG device, where MIG is on).
+pub fn select_gpus<'a>(
+    gpus: &'a [GpuInfo],
+    visible: Option<&str>,
+) -> Result<Vec<&'a GpuInfo>, SelectError> {
+    let visible = visible.map(str::trim).unwrap_or("all");
+    match visible {
+        "" | "all" => Ok(gpus
+            .iter()
+            .filter(|g| g.mig_mode.as_deref() != Some("Enabled"))
+            .collect()),
+        "none" | "void" => Err(SelectError::NoDevices(visible.to_string())),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|id| {
+                gpus.iter()
+                    .find(|g| {
+                        g.uuid == id || (g.parent_uuid.is_none() && g.index.to_string() == id)
+                    })
+                    .ok_or_else(|| SelectError::UnknownDevice(id.to_string()))
+            })
+            .collect(),
+    }
+}
+
+/// The utilization every given GPU passes, or the first that cannot hold the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Hundredths, and the GPU that set it.
+    Launch {
+        utilization_pct: u64,
+        worst_uuid: String,
+    },
+    Refuse {
+        index: u32,
+        uuid: String,
+        shortfall: Shortfall,
+    },
+}
+
+pub fn decide(gpus: &[&GpuInfo], plan: &LaunchPlan) -> Decision {
+    let views: Vec<GpuMemoryView> = gpus
+        .iter()
+        .map(|gpu| GpuMemoryView {
+            total_bytes: gpu.memory.total_bytes,
+            free_bytes: gpu.memory.free_bytes,
+            reserved_bytes: gpu.memory.reserved_bytes,
+        })
+        .collect();
+    // The planner's own rule: one utilization for every rank, bounded by the tightest GPU.
+    match choose_for_gpus(&views, plan) {
+        Ok((fit, limiting)) => Decision::Launch {
+            utilization_pct: fit.utilization_pct,
+            worst_uuid: gpus[limiting].uuid.clone(),
+        },
+        Err((i, shortfall)) => match gpus.get(i) {
+            Some(gpu) => Decision::Refuse {
+                index: gpu.index,
+                uuid: gpu.uuid.clone(),
+                shortfall,
+            },
+            None => Decision::Refuse {
+                index: 0,
+                uuid: String::new(),
+                shortfall: Shortfall {
+                    needed_free_bytes: plan.required_bytes.saturating_add(plan.min_kv_bytes),
+                    free_bytes: 0,
+                },
+            },
+        },
+    }
+}
+
+/// `0.87` from 87.
+pub fn format_utilization(pct: u64) -> String {
+    format!("{}.{:02}", pct / 100, pct % 100)
+}
+
+/// Replaces every `--gpu-memory-utilization X` / `=X` in `args` with `value`, or appends it.
+/// Returns the new args and the old value, if there was one.
+pub fn rewrite_args(args: &[String], value: &str) -> (Vec<String>, Option<String>) {
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut old = None;
+    let mut iter = args.iter();
+    let prefix = format!("{FLAG}=");
+    while let Some(arg) = iter.next() {
+        if arg == FLAG {
+            old = iter.next().cloned();
+            out.push(FLAG.to_string());
+            out.push(value.to_string());
+        } else if let Some(v) = arg.strip_prefix(&prefix) {
+            old = Some(v.to_string());
+            out.push(format!("{prefix}{value}"));
+        } else {
+            out.push(arg.clone());
+        }
+    }
+    if !out.iter().any(|a| a == FLAG || a.starts_with(&prefix)) {
+        out.push(FLAG.to_string());
+        out.push(value.to_string());
+    }
+    (out, old)
+}
+
+/// The termination-log line for a refusal.
+pub fn refusal_line(index: u32, uuid: &str, shortfall: &Shortfall) -> String {
+    format!(
+        "vllm-operator: insufficient-gpu-memory: GPU {index} ({uuid}) needs {} bytes free ({:.2} GiB), has {} bytes free ({:.2} GiB)",
+        shortfall.needed_free_bytes,
+        shortfall.needed_free_bytes as f64 / GIB,
+        shortfall.free_bytes,
+        shortfall.free_bytes as f64 / GIB,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vllm_operator::api::{GpuMemory, MemoryStrategy};
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn rewrites_the_separate_value_form() {
+        let (args, old) = rewrite_args(
+            &s(&[
+                "serve",
+                "m",
+                "--gpu-memory-utilization",
+                "0.9",
+                "--port",
+                "8000",
+            ]),
+            "0.77",
+        );
+        assert_eq!(
+            args,
+            s(&[
+                "serve",
+                "m",
+                "--gpu-memory-utilization",
+                "0.77",
+                "--port",
+                "8000"
+            ])
+        );
+        assert_eq!(old.as_deref(), Some("0.9"));
+    }
+
+    #[test]
+    fn rewrites_the_equals_form() {
+        let (args, old) =
+            rewrite_args(&s(&["serve", "--gpu-memory-utilization=0.95", "m"]), "0.50");
+        assert_eq!(args, s(&["serve", "--gpu-memory-utilization=0.50", "m"]));
+        assert_eq!(old.as_deref(), Some("0.95"));
+    }
+
+    #[test]
+    fn appends_when_absent() {
+        let (args, old) = rewrite_args(&s(&["serve", "m"]), "0.08");
+        assert_eq!(args, s(&["serve", "m", "--gpu-memory-utilization", "0.08"]));
+        assert_eq!(old, None);
+        assert_eq!(format_utilization(8), "0.08");
+        assert_eq!(format_utilization(100), "1.00");
+    }
+
+    fn gpu(index: u32, uuid: &str, total: u64, free: u64) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: uuid.into(),
+            memory: GpuMemory {
+                total_bytes: total,
+                free_bytes: free,
+                used_bytes: total - free,
+                reserved_bytes: 0,
+            },
+            ..GpuInfo::default()
+        }
+    }
+
+    #[test]
+    fn visible_devices_by_uuid_index_all_and_none() {
+        let gpus = vec![gpu(0, "GPU-a", 1, 1), gpu(1, "GPU-b", 1, 1)];
+        assert_eq!(select_gpus(&gpus, None).unwrap().len(), 2);
+        assert_eq!(select_gpus(&gpus, Some("all")).unwrap().len(), 2);
+        assert_eq!(select_gpus(&gpus, Some("GPU-b")).unwrap()[0].index, 1);
+        assert_eq!(select_gpus(&gpus, Some("1,0")).unwrap()[1].uuid, "GPU-a");
+        assert!(matches!(
+            select_gpus(&gpus, Some("void")),
+            Err(SelectError::NoDevices(_))
+        ));
+        assert!(matches!(
+            select_gpus(&gpus, Some("GPU-z")),
+            Err(SelectError::UnknownDevice(_))
+        ));
+    }
+
+    #[test]
+    fn worst_gpu_sets_the_utilization() {
+        const GIB: u64 = 1 << 30;
+        let plan = LaunchPlan {
+            required_bytes: 3 * GIB,
+            min_kv_bytes: GIB,
+            startup_overhead_bytes: 512 << 20,
+            headroom_bytes: 256 << 20,
+            max_utilization: 0.95,
+            strategy: MemoryStrategy::MaximizeCache,
+        };
+        let a = gpu(0, "GPU-a", 8 * GIB, 8 * GIB);
+        let b = gpu(1, "GPU-b", 8 * GIB, 7_430_346_834);
+        match decide(&[&a, &b], &plan) {
+            Decision::Launch {
+                utilization_pct,
+                worst_uuid,
+            } => {
+                assert_eq!(worst_uuid, "GPU-b");
+                assert!(utilization_pct < 86);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = gpu(2, "GPU-c", 8 * GIB, 2 * GIB);
+        assert!(matches!(
+            decide(&[&a, &c], &plan),
+            Decision::Refuse { index: 2, .. }
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+//! `launch` through the built binary with the stub NVML: exec with rewritten args, and refusal.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Variant, bin, stub};
+
+const GIB: u64 = 1 << 30;
+
+fn plan(required: u64) -> String {
+    format!(
+        r#"{{"required_bytes":{required},"min_kv_bytes":{GIB},"startup_overhead_bytes":536870912,"headroom_bytes":268435456,"max_utilization":0.95,"strategy":"MaximizeCache"}}"#
+    )
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vna-launch-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn execs_the_command_with_the_utilization_of_the_tightest_gpu() {
+    let dir = temp("exec");
+    let log = dir.join("termination-log");
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--termination-log",
+        ])
+        .arg(&log)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$0\" \"$@\"; echo pid=$$",
+            "serve",
+            "--gpu-memory-utilization",
+            "0.9",
+            "--port",
+            "8000",
+        ])
+        .env("VLLM_OPERATOR_PLAN", plan(3 * GIB))
+        .env_remove("NVIDIA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let argv: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // GPU 1 (6.92 of 8 GiB free) is the tightest: the shared rule gives 0.77 there.
+    assert_eq!(
+        argv[..5],
+        [
+            "serve",
+            "--gpu-memory-utilization",
+            "0.77",
+            "--port",
+            "8000"
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.9 -> 0.77"), "{stderr}");
+    assert!(
+        stderr.contains("GPU-00000000-0000-0000-0000-000000000001"),
+        "{stderr}"
+    );
+    assert!(!log.exists(), "nothing written on success");
+}
+
+#[test]
+fn visible_devices_limit_the_gpus_and_equals_form_is_rewritten() {
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan",
+            &plan(3 * GIB),
+        ])
+        .args([
+            "--termination-log",
+            "/dev/null",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$@\"",
+            "sh",
+            "--gpu-memory-utilization=0.9",
+        ])
+        .env(
+            "NVIDIA_VISIBLE_DEVICES",
+            "GPU-00000000-0000-0000-0000-000000000000",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the idle H100: capped at max_utilization 0.95.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "--gpu-memory-utilization=0.95"
+    );
+}
+
+#[test]
+fn refuses_with_exit_75_and_a_termination_message_without_running_the_command() {
+    let dir = temp("refuse");
+    let log = dir.join("termination-log");
+    let marker = dir.join("ran");
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan",
+            &plan(6 * GIB),
+        ])
+        .arg("--termination-log")
+        .arg(&log)
+        .args(["--", "touch"])
+        .arg(&marker)
+        .env_remove("NVIDIA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "command must not run");
+    let msg = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        msg.starts_with("vllm-operator: insufficient-gpu-memory:"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("GPU 1 (GPU-00000000-0000-0000-0000-000000000001)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("has 7430346834 bytes free (6.92 GiB)"),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient-gpu-memory"));
+}
+
+#[test]
+fn bad_plan_and_nvml_failure_exit_1_with_a_message() {
+    let dir = temp("bad");
+    let log = dir.join("termination-log");
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan",
+            "{not json",
+        ])
+        .arg("--termination-log")
+        .arg(&log)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .starts_with("vllm-operator: bad-plan:")
+    );
+
+    let log2 = dir.join("termination-log-2");
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan",
+            &plan(GIB),
+        ])
+        .arg("--termination-log")
+        .arg(&log2)
+        .args(["--", "true"])
+        .env("STUB_NVML_FAIL_INIT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = std::fs::read_to_string(&log2).unwrap();
+    assert!(
+        msg.contains("nvml-failed") && msg.contains("libnvidia-ml.so.1"),
+        "{msg}"
+    );
+}
