@@ -7,3 +7,5 @@ pub mod crdgen;
 pub mod fit;
 pub mod manifest;
 pub mod model;
+pub mod plan;
+pub mod quantity;

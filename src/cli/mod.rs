@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod estimate;
+pub mod plan;
 
 /// Exit code for bad input (unreadable files, malformed resources, unknown flags values).
 pub const EXIT_BAD_INPUT: u8 = 1;
@@ -37,16 +38,7 @@ pub enum Command {
     /// Memory breakdown of one model and shape, as vLLM will count it.
     Estimate(estimate::EstimateArgs),
     /// Place VllmDeployments on a fleet file and print the decisions.
-    Plan {
-        /// VllmDeployment YAML (one or more documents).
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// Fleet file, as `kubectl get gpunodes -o yaml` prints it.
-        #[arg(long)]
-        fleet: PathBuf,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
+    Plan(plan::PlanArgs),
     /// Run the controller's decision loop on an in-memory cluster until it settles.
     Simulate,
 }
@@ -62,6 +54,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Crd { out_dirs } => crd(&out_dirs),
         Command::Estimate(args) => estimate::run(&args),
+        Command::Plan(args) => plan::run(&args),
         other => not_yet(&other),
     }
 }

@@ -80,20 +80,25 @@ fn budget_bytes(cuda_total: u64, pct: u64) -> u64 {
     ((cuda_total as u128 * pct as u128) / UTILIZATION_STEPS as u128) as u64
 }
 
-/// Choose the utilization for one GPU.
-///
-/// The largest safe value is `floor((free - overhead - headroom) / total)` in hundredths, capped at
-/// `max_utilization`; the smallest useful one is the least that leaves `min_kv_bytes` after
-/// `required_bytes`. `MaximizeCache` takes the largest, `Pack` the smallest.
-pub fn choose_utilization(gpu: GpuMemoryView, plan: &LaunchPlan) -> Result<Fit, Shortfall> {
+/// The range of utilizations (in hundredths) that work on one GPU: `max` is the largest that
+/// passes vLLM's startup check (capped at `max_utilization`), `min` the smallest whose budget
+/// holds `required + min_kv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min_pct: u64,
+    pub max_pct: u64,
+}
+
+/// Utilization bounds for one GPU.
+pub fn bounds(gpu: GpuMemoryView, plan: &LaunchPlan) -> Bounds {
     let total = gpu.total_bytes.max(1);
     let cuda_total = gpu.cuda_total_bytes().max(1);
     let after_overhead = gpu.free_bytes.saturating_sub(plan.startup_overhead_bytes);
     let available = after_overhead.saturating_sub(plan.headroom_bytes);
     let cap_pct =
         (plan.max_utilization.clamp(0.0, 1.0) * UTILIZATION_STEPS as f64 + 1e-9).floor() as u64;
-    let mut max_pct = ((available as u128 * UTILIZATION_STEPS as u128) / total as u128) as u64;
-    max_pct = max_pct.min(cap_pct);
+    let mut max_pct =
+        (((available as u128 * UTILIZATION_STEPS as u128) / total as u128) as u64).min(cap_pct);
     // Guard against float rounding in vLLM's own `ceil(total * u)`.
     while max_pct > 0
         && !passes_startup_check(
@@ -104,26 +109,84 @@ pub fn choose_utilization(gpu: GpuMemoryView, plan: &LaunchPlan) -> Result<Fit, 
     {
         max_pct -= 1;
     }
-
     let need = plan.required_bytes.saturating_add(plan.min_kv_bytes);
-    // Smallest pct with budget(pct) >= need.
-    let min_pct = ((need as u128 * UTILIZATION_STEPS as u128).div_ceil(cuda_total as u128)).max(1);
-    let shortfall = || Shortfall {
-        needed_free_bytes: needed_free_bytes(gpu, plan, min_pct),
-        free_bytes: gpu.free_bytes,
-    };
-    if min_pct > UTILIZATION_STEPS as u128 || min_pct as u64 > max_pct {
-        return Err(shortfall());
+    let min_pct = (need as u128 * UTILIZATION_STEPS as u128)
+        .div_ceil(cuda_total as u128)
+        .max(1);
+    Bounds {
+        min_pct: min_pct.min(u64::MAX as u128) as u64,
+        max_pct,
+    }
+}
+
+/// Choose the utilization for one GPU.
+///
+/// The largest safe value is `floor((free - overhead - headroom) / total)` in hundredths, capped at
+/// `max_utilization`; the smallest useful one is the least that leaves `min_kv_bytes` after
+/// `required_bytes`. `MaximizeCache` takes the largest, `Pack` the smallest.
+pub fn choose_utilization(gpu: GpuMemoryView, plan: &LaunchPlan) -> Result<Fit, Shortfall> {
+    choose_for_gpus(&[gpu], plan)
+        .map(|(fit, _)| fit)
+        .map_err(|(_, short)| short)
+}
+
+/// Choose one utilization for every rank of a tensor-parallel group: vLLM passes the same
+/// `--gpu-memory-utilization` to all of them, so it must be at most the smallest safe value and
+/// at least the largest needed one. Returns the fit and the index of the limiting GPU, or the
+/// index of the GPU that cannot take the model and by how much.
+pub fn choose_for_gpus(
+    gpus: &[GpuMemoryView],
+    plan: &LaunchPlan,
+) -> Result<(Fit, usize), (usize, Shortfall)> {
+    let mut lo = 1u64;
+    let mut hi = u64::MAX;
+    let mut limiting = 0;
+    for (i, gpu) in gpus.iter().enumerate() {
+        let b = bounds(*gpu, plan);
+        if b.min_pct > UTILIZATION_STEPS || b.min_pct > b.max_pct {
+            return Err((i, shortfall(*gpu, plan, b.min_pct)));
+        }
+        lo = lo.max(b.min_pct);
+        if b.max_pct < hi {
+            hi = b.max_pct;
+            limiting = i;
+        }
+    }
+    if gpus.is_empty() {
+        return Err((
+            0,
+            Shortfall {
+                needed_free_bytes: 0,
+                free_bytes: 0,
+            },
+        ));
+    }
+    if lo > hi {
+        return Err((limiting, shortfall(gpus[limiting], plan, lo)));
     }
     let pct = match plan.strategy {
-        MemoryStrategy::MaximizeCache => max_pct,
-        MemoryStrategy::Pack => min_pct as u64,
+        MemoryStrategy::MaximizeCache => hi,
+        MemoryStrategy::Pack => lo,
     };
-    let kv_cache_bytes = budget_bytes(cuda_total, pct).saturating_sub(plan.required_bytes);
-    Ok(Fit {
-        utilization_pct: pct,
-        kv_cache_bytes,
-    })
+    let kv_cache_bytes = gpus
+        .iter()
+        .map(|g| budget_bytes(g.cuda_total_bytes(), pct).saturating_sub(plan.required_bytes))
+        .min()
+        .unwrap_or(0);
+    Ok((
+        Fit {
+            utilization_pct: pct,
+            kv_cache_bytes,
+        },
+        limiting,
+    ))
+}
+
+fn shortfall(gpu: GpuMemoryView, plan: &LaunchPlan, min_pct: u64) -> Shortfall {
+    Shortfall {
+        needed_free_bytes: needed_free_bytes(gpu, plan, min_pct as u128),
+        free_bytes: gpu.free_bytes,
+    }
 }
 
 /// Free bytes at which `pct` would pass: `ceil(pct * total) + overhead + headroom`.
@@ -197,6 +260,33 @@ mod tests {
             .unwrap_err();
         assert_eq!(short.free_bytes, 4 * GIB);
         assert_eq!(short.needed_free_bytes, 6 * GIB + 768 * MIB);
+    }
+
+    #[test]
+    fn one_utilization_for_all_ranks_is_the_tightest() {
+        let roomy = GpuMemoryView {
+            total_bytes: 80 * GIB,
+            free_bytes: 79 * GIB,
+            reserved_bytes: 0,
+        };
+        let busy = GpuMemoryView {
+            free_bytes: 60 * GIB,
+            ..roomy
+        };
+        let p = plan(20 * GIB, 4 * GIB, MemoryStrategy::MaximizeCache);
+        let (fit, limiting) = choose_for_gpus(&[roomy, busy, roomy], &p).unwrap();
+        assert_eq!(limiting, 1);
+        assert_eq!(
+            fit.utilization_pct,
+            choose_utilization(busy, &p).unwrap().utilization_pct
+        );
+        let starved = GpuMemoryView {
+            free_bytes: 10 * GIB,
+            ..roomy
+        };
+        let (at, short) = choose_for_gpus(&[roomy, starved], &p).unwrap_err();
+        assert_eq!(at, 1);
+        assert_eq!(short.free_bytes, 10 * GIB);
     }
 
     #[test]

@@ -1,0 +1,294 @@
+//! `vllm-operator plan`: place VllmDeployments on a fleet file, in file order, against one
+//! shared reservation ledger.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
+use crate::api::{GpuNode, PodRef, VllmDeployment};
+use crate::manifest::{Object, read_objects};
+use crate::model::resolve::resolve_local;
+use crate::model::{Architecture, VllmFamily};
+use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// VllmDeployment YAML (one or more documents, or a List).
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it (Node objects may be added).
+    #[arg(long)]
+    pub fleet: PathBuf,
+    /// Reports older than this many seconds make a node ineligible.
+    #[arg(long = "stale-after-seconds", default_value_t = 120)]
+    pub stale_after_seconds: u64,
+    /// The time to judge staleness at (RFC 3339); default: the newest report in the fleet file.
+    #[arg(long)]
+    pub now: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// GpuNodes and Nodes from a fleet file.
+pub fn read_fleet(path: &Path) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
+    let mut gpunodes = Vec::new();
+    let mut nodes = Vec::new();
+    for obj in read_objects(path).map_err(|e| e.to_string())? {
+        match obj {
+            Object::GpuNode(g) => gpunodes.push(*g),
+            Object::Node(n) => nodes.push(*n),
+            Object::VllmDeployment(d) => {
+                return Err(format!(
+                    "{}: VllmDeployment {} belongs in -f, not in the fleet file",
+                    path.display(),
+                    d.metadata.name.unwrap_or_default()
+                ));
+            }
+            Object::Other { kind, name } => {
+                return Err(format!(
+                    "{}: {kind} {name} is not a GpuNode or Node",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok((gpunodes, nodes))
+}
+
+/// VllmDeployments from files, validated against the CRD's own rules.
+pub fn read_deployments(paths: &[PathBuf]) -> Result<Vec<VllmDeployment>, String> {
+    let mut out = Vec::new();
+    for path in paths {
+        for obj in read_objects(path).map_err(|e| e.to_string())? {
+            match obj {
+                Object::VllmDeployment(d) => {
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    if name.is_empty() {
+                        return Err(format!(
+                            "{}: a VllmDeployment has no metadata.name",
+                            path.display()
+                        ));
+                    }
+                    if let Err(errors) = d.validate_cel() {
+                        let msgs: Vec<String> = errors
+                            .iter()
+                            .map(|e| format!("{}: {}", e.field_path, e.message))
+                            .collect();
+                        return Err(format!(
+                            "{}: VllmDeployment {name}: {}",
+                            path.display(),
+                            msgs.join("; ")
+                        ));
+                    }
+                    out.push(*d);
+                }
+                Object::Other { kind, name } => {
+                    return Err(format!(
+                        "{}: {kind} {name} is not a VllmDeployment",
+                        path.display()
+                    ));
+                }
+                Object::GpuNode(_) | Object::Node(_) => {
+                    return Err(format!(
+                        "{}: fleet objects belong in --fleet",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The time a fleet file speaks for: its newest report.
+pub fn fleet_time(gpunodes: &[GpuNode]) -> Option<Timestamp> {
+    gpunodes
+        .iter()
+        .filter_map(|g| g.status.as_ref()?.observed_at.parse::<Timestamp>().ok())
+        .max()
+}
+
+/// The vLLM family of an image tag such as `vllm/vllm-openai:v0.11.0`; unknown tags (`latest`)
+/// are taken as the newest family.
+pub fn family_from_image(image: &str) -> VllmFamily {
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    VllmFamily::parse(tag).unwrap_or(VllmFamily::V0_21)
+}
+
+/// The architecture of a deployment's model, offline (inline, catalog).
+pub fn offline_architecture(d: &VllmDeployment) -> Result<Architecture, String> {
+    match resolve_local(&d.spec.model, None) {
+        Ok(Some((arch, _))) => Ok(arch),
+        Ok(None) if d.spec.model.config_map_ref.is_some() => Err(format!(
+            "model {} comes from ConfigMap {}, which `plan` cannot read; give spec.model.architecture",
+            d.spec.model.name,
+            d.spec
+                .model
+                .config_map_ref
+                .as_ref()
+                .map(|r| r.name.as_str())
+                .unwrap_or("")
+        )),
+        Ok(None) => Err(format!(
+            "model {} is not in the built-in catalog; give spec.model.architecture (the controller would fetch config.json from the Hugging Face Hub)",
+            d.spec.model.name
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn placement_json(p: &Placement) -> serde_json::Value {
+    json!({
+        "node": p.node,
+        "gpus": p.gpus,
+        "tensor_parallel_size": p.shape.tensor_parallel_size,
+        "quantization": p.shape.quantization,
+        "kv_cache_dtype": p.shape.kv_cache_dtype,
+        "gpu_memory_utilization": p.fit.utilization(),
+        "max_model_len": p.shape.max_model_len,
+        "kv_cache_tokens": p.kv_cache_tokens,
+        "kv_cache_bytes_per_gpu": p.fit.kv_cache_bytes,
+        "weights_bytes_per_gpu": p.estimate.weights_bytes_per_gpu,
+        "args": p.command,
+        "replaced_args": p.replaced_args,
+        "reason": p.reason,
+    })
+}
+
+pub fn run(args: &PlanArgs) -> ExitCode {
+    let bad = |msg: String| {
+        eprintln!("vllm-operator plan: {msg}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    };
+    let (gpunodes, nodes) = match read_fleet(&args.fleet) {
+        Ok(f) => f,
+        Err(e) => return bad(e),
+    };
+    let deployments = match read_deployments(&args.files) {
+        Ok(d) => d,
+        Err(e) => return bad(e),
+    };
+    let now = match &args.now {
+        Some(t) => match t.parse::<Timestamp>() {
+            Ok(t) => t,
+            Err(e) => return bad(format!("--now {t:?}: {e}")),
+        },
+        None => fleet_time(&gpunodes).unwrap_or_else(Timestamp::now),
+    };
+    let fleet = Fleet::from_objects(
+        &gpunodes,
+        &nodes,
+        now,
+        Duration::from_secs(args.stale_after_seconds),
+    );
+    let mut ledger = Ledger::default();
+    let mut all_placed = true;
+    let mut results = Vec::new();
+    for d in &deployments {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let namespace = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let mut replicas = Vec::new();
+        let mut reasons = Vec::new();
+        match offline_architecture(d) {
+            Err(e) => reasons.push(e),
+            Ok(arch) => {
+                let family = family_from_image(&d.spec.image);
+                for i in 0..d.spec.replicas.max(0) {
+                    let pod = PodRef {
+                        namespace: namespace.clone(),
+                        name: format!("{name}-{i}"),
+                    };
+                    let req = Request {
+                        pod: pod.clone(),
+                        arch: &arch,
+                        spec: &d.spec,
+                        family,
+                        avoid: &[],
+                    };
+                    match plan_replica(&fleet, &ledger, &req) {
+                        Decision::Placed(p) => {
+                            if let Some(node) = fleet.node(&p.node) {
+                                let shared = d.spec.gpu.sharing == crate::api::Sharing::Shared;
+                                ledger.reserve(reservation_for(pod, &p, node, shared, now));
+                            }
+                            replicas.push(p);
+                        }
+                        Decision::Refused(r) => {
+                            reasons = r;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let admitted = replicas.len() as i32 == d.spec.replicas.max(0) && reasons.is_empty();
+        all_placed &= admitted;
+        results.push((
+            name,
+            namespace,
+            admitted,
+            replicas,
+            reasons,
+            d.spec.replicas,
+        ));
+    }
+
+    match args.output {
+        Output::Json => {
+            let out = json!({
+                "deployments": results.iter().map(|(name, ns, admitted, replicas, reasons, _)| json!({
+                    "name": name,
+                    "namespace": ns,
+                    "admitted": admitted,
+                    "replicas": replicas.iter().map(|p| placement_json(p)).collect::<Vec<_>>(),
+                    "reasons": reasons,
+                })).collect::<Vec<_>>()
+            });
+            println!("{out}");
+        }
+        Output::Table => {
+            for (name, ns, admitted, replicas, reasons, want) in &results {
+                let verdict = if *admitted {
+                    "admitted"
+                } else {
+                    "NOT admitted"
+                };
+                println!(
+                    "{ns}/{name}: {verdict} ({}/{want} replicas placed)",
+                    replicas.len()
+                );
+                for (i, p) in replicas.iter().enumerate() {
+                    println!(
+                        "  replica {i}: {:<14} GPUs {:<12} tp {} quant {:<5} kv {:<5} util {:.2}  KV {} tokens",
+                        p.node,
+                        format!("{:?}", p.gpus),
+                        p.shape.tensor_parallel_size,
+                        p.shape.quantization.to_string(),
+                        p.shape.kv_cache_dtype.to_string(),
+                        p.fit.utilization(),
+                        p.kv_cache_tokens
+                    );
+                    println!("    {}", p.command.join(" "));
+                }
+                for r in reasons {
+                    println!("  - {r}");
+                }
+            }
+        }
+    }
+    if all_placed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INFEASIBLE)
+    }
+}

@@ -1,0 +1,200 @@
+//! The fleet as the planner sees it: GpuNode reports (and Node objects when present), with
+//! stale reports and unschedulable nodes marked, in plain structs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{GpuNode, PodRef, Sharing};
+
+/// One GPU (or MIG device) of a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpu {
+    pub index: u32,
+    pub uuid: String,
+    pub product: String,
+    pub compute_capability: Option<(u32, u32)>,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub reserved_bytes: u64,
+    /// The pod the kubelet assigned this GPU to, when the agent knows it.
+    pub allocated_to: Option<PodRef>,
+    /// Bytes used by processes that belong to no known pod (outside Kubernetes).
+    pub foreign_bytes: u64,
+    pub processes: Vec<(u32, u64, Option<PodRef>)>,
+    /// A MIG slice: `nvidia.com/gpu` does not hand it out.
+    pub mig_device: bool,
+}
+
+/// One node of the fleet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetNode {
+    pub name: String,
+    pub sharing: Sharing,
+    pub gpus: Vec<Gpu>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    /// `nvidia.com/gpu` allocatable on the Node object, when known.
+    pub allocatable_gpus: Option<u32>,
+    /// Why no new replica may go here (stale report, cordoned, NVML failing), if any.
+    pub ineligible: Option<String>,
+    pub observed_at: Option<Timestamp>,
+}
+
+/// Every node with a GpuNode report, sorted by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fleet {
+    pub nodes: Vec<FleetNode>,
+}
+
+/// Parse `"8.9"` into `(8, 9)`.
+pub fn parse_compute_capability(text: &str) -> Option<(u32, u32)> {
+    let (a, b) = text.trim().split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn format_age(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+impl Fleet {
+    /// Build the fleet from agent reports and (optionally) Node objects. `now` and
+    /// `stale_after` decide which reports are too old to trust.
+    pub fn from_objects(
+        gpunodes: &[GpuNode],
+        nodes: &[Node],
+        now: Timestamp,
+        stale_after: Duration,
+    ) -> Fleet {
+        let by_name: BTreeMap<&str, &Node> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
+            .collect();
+        let mut out: Vec<FleetNode> = gpunodes
+            .iter()
+            .filter_map(|g| {
+                let name = g.metadata.name.clone()?;
+                let status = g.status.as_ref();
+                let mut ineligible = None;
+                let observed_at = status.and_then(|s| s.observed_at.parse::<Timestamp>().ok());
+                match (status, observed_at) {
+                    (None, _) => {
+                        ineligible = Some("the node agent has not reported yet".to_string())
+                    }
+                    (Some(s), None) => {
+                        ineligible =
+                            Some(format!("report time {:?} is not RFC 3339", s.observed_at))
+                    }
+                    (Some(_), Some(t)) => {
+                        let age = now.duration_since(t);
+                        let age = Duration::from_secs(age.as_secs().max(0) as u64);
+                        if age > stale_after {
+                            ineligible = Some(format!(
+                                "agent report is {} old (stale after {})",
+                                format_age(age),
+                                format_age(stale_after)
+                            ));
+                        }
+                    }
+                }
+                if let Some(s) = status
+                    && let Some(c) = s
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "NvmlHealthy" && c.status == "False")
+                {
+                    ineligible.get_or_insert_with(|| {
+                        format!("NVML is failing on the node: {}", c.message)
+                    });
+                }
+                let node = by_name.get(name.as_str());
+                let mut labels = BTreeMap::new();
+                let mut taints = Vec::new();
+                let mut allocatable_gpus = None;
+                if let Some(n) = node {
+                    labels = n.metadata.labels.clone().unwrap_or_default();
+                    if let Some(spec) = &n.spec {
+                        taints = spec.taints.clone().unwrap_or_default();
+                        if spec.unschedulable == Some(true) {
+                            ineligible.get_or_insert_with(|| {
+                                "node is cordoned (unschedulable)".to_string()
+                            });
+                        }
+                    }
+                    allocatable_gpus = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.allocatable.as_ref())
+                        .and_then(|a| a.get("nvidia.com/gpu"))
+                        .and_then(|q| q.0.parse().ok());
+                }
+                let gpus = status
+                    .map(|s| {
+                        s.gpus
+                            .iter()
+                            .map(|g| {
+                                let foreign_bytes = g
+                                    .processes
+                                    .iter()
+                                    .filter(|p| p.pod.is_none())
+                                    .map(|p| p.used_bytes)
+                                    .sum();
+                                Gpu {
+                                    index: g.index,
+                                    uuid: g.uuid.clone(),
+                                    product: g.product.clone(),
+                                    compute_capability: parse_compute_capability(
+                                        &g.compute_capability,
+                                    ),
+                                    total_bytes: g.memory.total_bytes,
+                                    free_bytes: g.memory.free_bytes,
+                                    reserved_bytes: g.memory.reserved_bytes,
+                                    allocated_to: g.allocated_to.clone(),
+                                    foreign_bytes,
+                                    processes: g
+                                        .processes
+                                        .iter()
+                                        .map(|p| (p.pid, p.used_bytes, p.pod.clone()))
+                                        .collect(),
+                                    mig_device: g.parent_uuid.is_some(),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(FleetNode {
+                    name,
+                    sharing: status.map(|s| s.sharing).unwrap_or_default(),
+                    gpus,
+                    labels,
+                    taints,
+                    allocatable_gpus,
+                    ineligible,
+                    observed_at,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Fleet { nodes: out }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&FleetNode> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    pub fn gpu_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.gpus.len()).sum()
+    }
+}

@@ -1,0 +1,476 @@
+//! The admission planner: for one replica, choose node, GPUs, tensor parallel size,
+//! quantization, KV cache dtype and `--gpu-memory-utilization` together, or refuse with reasons
+//! a person can act on. Pure: no Kubernetes client, no clock, no I/O.
+
+pub mod args;
+pub mod fleet;
+pub mod ledger;
+mod reasons;
+
+use std::collections::HashMap;
+
+use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, VllmDeploymentSpec};
+use crate::fit::{Fit, GpuMemoryView, LaunchPlan, choose_for_gpus};
+use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
+use args::{ServeFlags, serve_command};
+pub use fleet::Fleet;
+use fleet::{FleetNode, Gpu};
+pub use ledger::{Ledger, Released, Reservation};
+use reasons::Rejections;
+
+/// Everything about one replica that the planner needs.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub pod: PodRef,
+    pub arch: &'a Architecture,
+    pub spec: &'a VllmDeploymentSpec,
+    pub family: VllmFamily,
+    /// `(node, gpu uuid)` pairs to avoid, e.g. after repeated startup failures there.
+    pub avoid: &'a [(String, String)],
+}
+
+/// A replica's placement: where, which shape, which utilization, and the vLLM command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placement {
+    pub node: String,
+    /// GPU indices the kubelet may hand the replica (it picks `tensor_parallel_size` of them).
+    pub gpus: Vec<u32>,
+    pub shape: Shape,
+    pub fit: Fit,
+    pub kv_cache_tokens: u64,
+    pub estimate: Estimate,
+    pub launch_plan: LaunchPlan,
+    /// `vllm serve ...` as the launcher will run it (before its final utilization fix).
+    pub command: Vec<String>,
+    /// User flags the operator replaced.
+    pub replaced_args: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Placed(Box<Placement>),
+    /// One line per rejected node class, most actionable first.
+    Refused(Vec<String>),
+}
+
+const BYTES_PER_GIB: f64 = (1u64 << 30) as f64;
+
+fn gib(b: u64) -> f64 {
+    b as f64 / BYTES_PER_GIB
+}
+
+/// Headroom bytes from the spec's Quantity (invalid quantities fall back to 256 MiB and are
+/// reported by validation).
+pub fn headroom_bytes(spec: &VllmDeploymentSpec) -> u64 {
+    crate::quantity::parse_bytes(&spec.memory.headroom.0).unwrap_or(256 << 20)
+}
+
+/// Candidate shapes in preference order: no quantization before quantized (then the spec's
+/// order), smaller tp before larger, `auto` KV cache before fp8.
+pub fn candidate_shapes(
+    spec: &VllmDeploymentSpec,
+    max_model_len: u64,
+    family: VllmFamily,
+) -> Vec<Shape> {
+    let mut quants: Vec<Quantization> = Vec::new();
+    if spec.quantization.allowed.contains(&Quantization::None) {
+        quants.push(Quantization::None);
+    }
+    for q in &spec.quantization.allowed {
+        if !quants.contains(q) {
+            quants.push(*q);
+        }
+    }
+    let mut tps: Vec<u32> = spec
+        .tensor_parallel
+        .sizes
+        .iter()
+        .filter(|s| **s > 0)
+        .map(|s| *s as u32)
+        .collect();
+    tps.sort_unstable();
+    tps.dedup();
+    let mut kvs: Vec<KvCacheDtype> = Vec::new();
+    if spec.kv_cache_dtype.allowed.contains(&KvCacheDtype::Auto) {
+        kvs.push(KvCacheDtype::Auto);
+    }
+    for k in &spec.kv_cache_dtype.allowed {
+        if !kvs.contains(k) {
+            kvs.push(*k);
+        }
+    }
+    let mut out = Vec::new();
+    for q in &quants {
+        for tp in &tps {
+            for kv in &kvs {
+                out.push(Shape {
+                    tensor_parallel_size: *tp,
+                    quantization: *q,
+                    kv_cache_dtype: *kv,
+                    max_model_len,
+                    max_num_seqs: None,
+                    max_num_batched_tokens: None,
+                    enforce_eager: false,
+                    family,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// GPUs of one product/size/capability share an estimate.
+type ClassKey = (String, u64, Option<(u32, u32)>);
+
+/// Estimates per (shape, GPU class), computed on first use.
+struct EstimateCache<'a> {
+    arch: &'a Architecture,
+    map: HashMap<(usize, ClassKey), Result<Estimate, InvalidShape>>,
+}
+
+impl<'a> EstimateCache<'a> {
+    fn get(
+        &mut self,
+        shape_index: usize,
+        shape: &Shape,
+        gpu: &Gpu,
+    ) -> &Result<Estimate, InvalidShape> {
+        let key = (
+            shape_index,
+            (gpu.product.clone(), gpu.total_bytes, gpu.compute_capability),
+        );
+        let arch = self.arch;
+        self.map.entry(key).or_insert_with(|| {
+            let facts = GpuFacts {
+                total_bytes: Some(gpu.total_bytes),
+                compute_capability: gpu.compute_capability,
+                product: Some(gpu.product.clone()),
+            };
+            estimate(arch, shape, &facts)
+        })
+    }
+}
+
+/// The model's max_model_len for this deployment.
+pub fn max_model_len(spec: &VllmDeploymentSpec, arch: &Architecture) -> u64 {
+    spec.max_model_len
+        .map(|l| l.max(1) as u64)
+        .unwrap_or(arch.max_position_embeddings)
+}
+
+/// Does the node pass the deployment's selectors and tolerate its taints?
+fn node_selected(node: &FleetNode, spec: &VllmDeploymentSpec) -> Result<(), String> {
+    for (k, v) in &spec.node_selector {
+        if node.labels.get(k) != Some(v) {
+            return Err(format!("does not match spec.nodeSelector {k}={v}"));
+        }
+    }
+    for taint in &node.taints {
+        if taint.effect != "NoSchedule" && taint.effect != "NoExecute" {
+            continue;
+        }
+        let tolerated = spec.tolerations.iter().any(|t| {
+            let key_ok = t
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == taint.key);
+            let op_exists = t.operator.as_deref() == Some("Exists");
+            let value_ok = op_exists
+                || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == taint.effect);
+            key_ok && value_ok && effect_ok
+        });
+        if !tolerated {
+            return Err(format!(
+                "has taint {}:{} that the deployment does not tolerate",
+                taint.key, taint.effect
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// GPUs of the node this deployment may use, before counting reservations.
+fn usable_gpus<'n>(
+    node: &'n FleetNode,
+    spec: &VllmDeploymentSpec,
+    min_cc: Option<(u32, u32)>,
+    req: &Request,
+) -> Vec<&'n Gpu> {
+    node.gpus
+        .iter()
+        .filter(|g| !g.mig_device)
+        .filter(|g| {
+            spec.gpu.products.is_empty() || spec.gpu.products.iter().any(|p| p == &g.product)
+        })
+        .filter(|g| min_cc.is_none_or(|m| g.compute_capability.is_some_and(|cc| cc >= m)))
+        .filter(|g| {
+            !req.avoid
+                .iter()
+                .any(|(n, u)| n == &node.name && u == &g.uuid)
+        })
+        .filter(|g| {
+            spec.gpu.sharing == Sharing::Shared
+                || node.sharing == Sharing::Shared
+                || g.allocated_to.is_none()
+        })
+        .collect()
+}
+
+/// One node's best fit for one shape.
+struct NodeFit {
+    fit: Fit,
+    /// Free bytes left on the limiting GPU after the replica's request: best-fit key for Pack.
+    leftover_bytes: u64,
+    gpus: Vec<u32>,
+    estimate: Estimate,
+    plan: LaunchPlan,
+}
+
+/// Plan one replica against the fleet as the ledger leaves it.
+pub fn plan_replica(fleet: &Fleet, ledger: &Ledger, req: &Request) -> Decision {
+    plan_inner(fleet, ledger, req, true)
+}
+
+fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Decision {
+    let spec = req.spec;
+    let max_len = max_model_len(spec, req.arch);
+    let shapes = candidate_shapes(spec, max_len, req.family);
+    let mut cache = EstimateCache {
+        arch: req.arch,
+        map: HashMap::new(),
+    };
+    let mut rejections = Rejections::default();
+    let headroom = headroom_bytes(spec);
+    let min_cc = spec
+        .gpu
+        .min_compute_capability
+        .as_deref()
+        .and_then(fleet::parse_compute_capability);
+    let shared = spec.gpu.sharing == Sharing::Shared;
+
+    // Node eligibility and usable GPUs do not depend on the shape.
+    let mut eligible: Vec<(&FleetNode, Vec<&Gpu>, u32, u64)> = Vec::new();
+    for node in &fleet.nodes {
+        if let Some(why) = &node.ineligible {
+            rejections.node(&node.name, why.clone());
+            continue;
+        }
+        if let Err(why) = node_selected(node, spec) {
+            rejections.node(&node.name, why);
+            continue;
+        }
+        let usable = usable_gpus(node, spec, min_cc, req);
+        if usable.is_empty() {
+            rejections.no_matching_gpu(&node.name, node.gpus.len());
+            continue;
+        }
+        let mut count = usable.len() as u32;
+        let shared_node = shared || node.sharing == Sharing::Shared;
+        if !shared_node {
+            count = count.saturating_sub(ledger.reserved_gpus(&node.name));
+            if let Some(alloc) = node.allocatable_gpus {
+                let allocated = node
+                    .gpus
+                    .iter()
+                    .filter(|g| g.allocated_to.is_some())
+                    .count() as u32;
+                count = count.min(
+                    alloc
+                        .saturating_sub(allocated)
+                        .saturating_sub(ledger.reserved_gpus(&node.name)),
+                );
+            }
+        }
+        let reserved_bytes = if shared_node {
+            ledger.reserved_shared_bytes(&node.name)
+        } else {
+            0
+        };
+        eligible.push((node, usable, count, reserved_bytes));
+    }
+
+    let mut views: Vec<GpuMemoryView> = Vec::new();
+    for (si, shape) in shapes.iter().enumerate() {
+        let tp = shape.tensor_parallel_size;
+        let mut best: Option<(&FleetNode, NodeFit)> = None;
+        for (node, usable, count, reserved_bytes) in &eligible {
+            if *count < tp {
+                rejections.too_few_gpus(&node.name, tp, *count);
+                continue;
+            }
+            // Every candidate GPU could be the one the kubelet hands out: check them all and
+            // let the worst decide. All candidates share one estimate when they are one class.
+            let mut est: Option<Estimate> = None;
+            let mut invalid = None;
+            for g in usable.iter() {
+                match cache.get(si, shape, g) {
+                    Ok(e) => {
+                        if est
+                            .as_ref()
+                            .is_none_or(|cur| e.required_bytes() > cur.required_bytes())
+                        {
+                            est = Some(e.clone());
+                        }
+                    }
+                    Err(why) => {
+                        invalid = Some(why.clone());
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = invalid {
+                rejections.invalid_shape(shape, &why, &node.name);
+                continue;
+            }
+            let Some(est) = est else { continue };
+            let concurrency = spec.min_concurrency.max(1) as u64;
+            let plan = est.launch_plan(
+                concurrency,
+                headroom,
+                spec.memory.max_utilization,
+                spec.memory.strategy,
+            );
+            views.clear();
+            views.extend(usable.iter().map(|g| GpuMemoryView {
+                total_bytes: g.total_bytes,
+                free_bytes: g.free_bytes.saturating_sub(*reserved_bytes),
+                reserved_bytes: g.reserved_bytes,
+            }));
+            if let Some(i) = views.iter().position(|v| !est.load_fits(*v)) {
+                let g = usable[i];
+                rejections.memory(
+                    shape,
+                    &node.name,
+                    g,
+                    est.weights_load_peak_bytes + est.startup_overhead_bytes,
+                    views[i].free_bytes,
+                );
+                continue;
+            }
+            match choose_for_gpus(&views, &plan) {
+                Ok((fit, limiting)) => {
+                    let needed = (views[limiting].total_bytes as f64 * fit.utilization()).ceil()
+                        as u64
+                        + plan.startup_overhead_bytes;
+                    let nf = NodeFit {
+                        fit,
+                        leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
+                        gpus: usable.iter().map(|g| g.index).collect(),
+                        estimate: est,
+                        plan,
+                    };
+                    let better = match &best {
+                        None => true,
+                        Some((_, cur)) => match spec.memory.strategy {
+                            MemoryStrategy::MaximizeCache => {
+                                nf.fit.kv_cache_bytes > cur.fit.kv_cache_bytes
+                            }
+                            MemoryStrategy::Pack => nf.leftover_bytes < cur.leftover_bytes,
+                        },
+                    };
+                    // Nodes come sorted by name, so ties keep the first name.
+                    if better {
+                        best = Some((node, nf));
+                    }
+                }
+                Err((i, short)) => {
+                    rejections.memory(
+                        shape,
+                        &node.name,
+                        usable[i],
+                        short.needed_free_bytes,
+                        short.free_bytes,
+                    );
+                }
+            }
+        }
+        if let Some((node, nf)) = best {
+            return Decision::Placed(Box::new(placement(req, shape.clone(), node, nf)));
+        }
+    }
+    let mut lines = rejections.lines();
+    if hints {
+        lines.extend(reasons::hints(fleet, ledger, req));
+    }
+    Decision::Refused(lines)
+}
+
+fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Placement {
+    let per_block = nf.estimate.bytes_per_block().max(1);
+    let kv_cache_tokens = nf.fit.kv_cache_bytes / per_block * nf.estimate.block_size;
+    let flags = ServeFlags {
+        tensor_parallel_size: shape.tensor_parallel_size,
+        quantization: shape.quantization,
+        kv_cache_dtype: shape.kv_cache_dtype,
+        max_model_len: shape.max_model_len,
+        gpu_memory_utilization: nf.fit.utilization(),
+    };
+    let (command, replaced_args) = serve_command(&req.spec.model.name, &flags, &req.spec.args);
+    let reason = format!(
+        "{} on {} (GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
+        shape_words(&shape),
+        node.name,
+        nf.gpus,
+        nf.fit.utilization(),
+        gib(nf.fit.kv_cache_bytes),
+        kv_cache_tokens,
+        gib(nf.estimate.weights_bytes_per_gpu),
+    );
+    Placement {
+        node: node.name.clone(),
+        gpus: nf.gpus,
+        shape,
+        fit: nf.fit,
+        kv_cache_tokens,
+        estimate: nf.estimate,
+        launch_plan: nf.plan,
+        command,
+        replaced_args,
+        reason,
+    }
+}
+
+/// `tp 4, no quantization, kv auto`.
+pub fn shape_words(shape: &Shape) -> String {
+    let q = match shape.quantization {
+        Quantization::None => "no quantization".to_string(),
+        q => format!("quantization {q}"),
+    };
+    format!(
+        "tp {}, {q}, kv cache {}",
+        shape.tensor_parallel_size, shape.kv_cache_dtype
+    )
+}
+
+/// The ledger entry for a placement.
+pub fn reservation_for(
+    pod: PodRef,
+    p: &Placement,
+    node: &FleetNode,
+    shared: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Reservation {
+    let shared_node = shared || node.sharing == Sharing::Shared;
+    let total = node.gpus.first().map_or(0, |g| g.total_bytes);
+    Reservation {
+        pod,
+        node: p.node.clone(),
+        gpus: if shared_node {
+            0
+        } else {
+            p.shape.tensor_parallel_size
+        },
+        shared_bytes: if shared_node {
+            (total as f64 * p.fit.utilization()).ceil() as u64
+                + p.launch_plan.startup_overhead_bytes
+        } else {
+            0
+        },
+        created_at: now,
+    }
+}

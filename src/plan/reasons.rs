@@ -1,0 +1,222 @@
+//! Refusal reasons: why each node could not take a replica, condensed to lines a person can act
+//! on, and what would make it fit.
+
+use std::collections::BTreeMap;
+
+use super::fleet::{Fleet, Gpu};
+use super::{Decision, Ledger, Request, gib, plan_inner, shape_words};
+use crate::api::{KvCacheDtype, Quantization};
+use crate::model::{InvalidShape, Shape};
+
+/// How many nodes a refusal names before it summarises the rest.
+const MAX_NODE_LINES: usize = 8;
+
+struct MemoryShort {
+    shape: String,
+    gpu: u32,
+    needed: u64,
+    free: u64,
+    foreign: u64,
+    pods: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Rejections {
+    /// Node-level reasons (stale, selectors, taints, no matching GPU), by node.
+    node: BTreeMap<String, String>,
+    /// Per node, the memory shortfall closest to fitting.
+    memory: BTreeMap<String, MemoryShort>,
+    /// Per tensor parallel size: the most GPUs any node had, and where.
+    too_few: BTreeMap<u32, (u32, String)>,
+    /// Shapes vLLM cannot run, with the reason.
+    invalid: BTreeMap<String, String>,
+}
+
+impl Rejections {
+    pub(super) fn node(&mut self, node: &str, why: String) {
+        self.node.insert(node.to_string(), why);
+    }
+
+    pub(super) fn no_matching_gpu(&mut self, node: &str, gpus: usize) {
+        let why = if gpus == 0 {
+            "reports no GPUs".to_string()
+        } else {
+            "no usable GPU: all allocated, or none matches spec.gpu.products / minComputeCapability"
+                .to_string()
+        };
+        self.node(node, why);
+    }
+
+    pub(super) fn too_few_gpus(&mut self, node: &str, tp: u32, have: u32) {
+        let e = self.too_few.entry(tp).or_insert((have, node.to_string()));
+        if have > e.0 {
+            *e = (have, node.to_string());
+        }
+    }
+
+    pub(super) fn invalid_shape(&mut self, shape: &Shape, why: &InvalidShape, _node: &str) {
+        self.invalid
+            .entry(shape_words(shape))
+            .or_insert_with(|| why.0.clone());
+    }
+
+    pub(super) fn memory(&mut self, shape: &Shape, node: &str, gpu: &Gpu, needed: u64, free: u64) {
+        let pods: u64 = gpu
+            .processes
+            .iter()
+            .filter(|(_, _, p)| p.is_some())
+            .map(|(_, b, _)| *b)
+            .sum();
+        let new = MemoryShort {
+            shape: shape_words(shape),
+            gpu: gpu.index,
+            needed,
+            free,
+            foreign: gpu.foreign_bytes,
+            pods,
+        };
+        let short = |m: &MemoryShort| m.needed.saturating_sub(m.free);
+        match self.memory.get(node) {
+            Some(cur) if short(cur) <= short(&new) => {}
+            _ => {
+                self.memory.insert(node.to_string(), new);
+            }
+        }
+    }
+
+    pub(super) fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut mem: Vec<(&String, &MemoryShort)> = self.memory.iter().collect();
+        mem.sort_by_key(|(name, m)| (m.needed.saturating_sub(m.free), name.as_str()));
+        for (name, m) in mem.iter().take(MAX_NODE_LINES) {
+            let mut who = Vec::new();
+            if m.foreign > 0 {
+                who.push(format!("another process uses {:.1} GiB", gib(m.foreign)));
+            }
+            if m.pods > 0 {
+                who.push(format!("pods use {:.1} GiB", gib(m.pods)));
+            }
+            let who = if who.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", who.join(", "))
+            };
+            out.push(format!(
+                "{name} GPU {}: needs {:.1} GiB free, has {:.1} GiB{who} [{}]",
+                m.gpu,
+                gib(m.needed),
+                gib(m.free),
+                m.shape
+            ));
+        }
+        if mem.len() > MAX_NODE_LINES {
+            out.push(format!(
+                "... and {} more nodes short of GPU memory",
+                mem.len() - MAX_NODE_LINES
+            ));
+        }
+        // GPU counts only matter for sizes no node could even try.
+        let smallest_tried = self.too_few.keys().next().copied();
+        if let Some(tp) = smallest_tried
+            && self
+                .memory
+                .values()
+                .all(|m| !m.shape.starts_with(&format!("tp {tp},")))
+        {
+            let (have, node) = &self.too_few[&tp];
+            out.push(format!(
+                "no node has {tp} unallocated GPUs (most: {have} on {node})"
+            ));
+        }
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (node, why) in &self.node {
+            by_reason
+                .entry(why.as_str())
+                .or_default()
+                .push(node.as_str());
+        }
+        for (why, nodes) in by_reason {
+            let names = if nodes.len() > 3 {
+                format!(
+                    "{} and {} more nodes",
+                    nodes[..3].join(", "),
+                    nodes.len() - 3
+                )
+            } else {
+                nodes.join(", ")
+            };
+            out.push(format!("{names}: {why}"));
+        }
+        for (shape, why) in &self.invalid {
+            out.push(format!("{shape}: {why}"));
+        }
+        if out.is_empty() {
+            out.push(
+                "no GpuNode reports: is the vllm-node-agent DaemonSet running on the GPU nodes?"
+                    .to_string(),
+            );
+        }
+        out
+    }
+}
+
+/// What would make it fit: a quantization, tensor parallel size or KV cache dtype the spec does
+/// not allow.
+pub(super) fn hints(fleet: &Fleet, ledger: &Ledger, req: &Request) -> Vec<String> {
+    let mut out = Vec::new();
+    let spec = req.spec;
+    let try_spec = |s: crate::api::VllmDeploymentSpec| -> bool {
+        let r = Request {
+            spec: &s,
+            ..req.clone()
+        };
+        matches!(plan_inner(fleet, ledger, &r, false), Decision::Placed(_))
+    };
+    for tp in [1, 2, 4, 8, 16] {
+        if spec.tensor_parallel.sizes.contains(&tp) {
+            continue;
+        }
+        let mut s = spec.clone();
+        s.tensor_parallel.sizes = vec![tp];
+        if try_spec(s) {
+            out.push(format!(
+                "fits with tensor parallel size {tp} (not in spec.tensorParallel.sizes)"
+            ));
+            break;
+        }
+    }
+    for q in Quantization::ALL {
+        if spec.quantization.allowed.contains(&q) {
+            continue;
+        }
+        let mut s = spec.clone();
+        s.quantization.allowed = vec![q];
+        if try_spec(s) {
+            out.push(format!(
+                "fits with quantization {q} (not allowed by spec.quantization.allowed)"
+            ));
+            break;
+        }
+    }
+    if !spec.kv_cache_dtype.allowed.contains(&KvCacheDtype::Fp8) {
+        let mut s = spec.clone();
+        s.kv_cache_dtype.allowed = vec![KvCacheDtype::Fp8];
+        if try_spec(s) {
+            out.push(
+                "fits with kv cache dtype fp8 (not allowed by spec.kvCacheDtype.allowed)"
+                    .to_string(),
+            );
+        }
+    }
+    if spec.min_concurrency > 1 {
+        let mut s = spec.clone();
+        s.min_concurrency = 1;
+        if try_spec(s) {
+            out.push(format!(
+                "fits with minConcurrency 1 (spec asks {})",
+                spec.min_concurrency
+            ));
+        }
+    }
+    out
+}
