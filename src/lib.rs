@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod crdgen;
 pub mod fit;
 pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod quantity;
+pub mod sim;

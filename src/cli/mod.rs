@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod estimate;
 pub mod plan;
+pub mod simulate;
 
 /// Exit code for bad input (unreadable files, malformed resources, unknown flags values).
 pub const EXIT_BAD_INPUT: u8 = 1;
@@ -40,7 +41,7 @@ pub enum Command {
     /// Place VllmDeployments on a fleet file and print the decisions.
     Plan(plan::PlanArgs),
     /// Run the controller's decision loop on an in-memory cluster until it settles.
-    Simulate,
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Crd { out_dirs } => crd(&out_dirs),
         Command::Estimate(args) => estimate::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Simulate(args) => simulate::run_command(&args),
         other => not_yet(&other),
     }
 }

@@ -25,7 +25,8 @@ pub struct Request<'a> {
     pub arch: &'a Architecture,
     pub spec: &'a VllmDeploymentSpec,
     pub family: VllmFamily,
-    /// `(node, gpu uuid)` pairs to avoid, e.g. after repeated startup failures there.
+    /// `(node, gpu uuid)` pairs to avoid, e.g. after repeated startup failures there; a uuid of
+    /// `"*"` avoids every GPU of the node.
     pub avoid: &'a [(String, String)],
 }
 

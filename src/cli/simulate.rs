@@ -1,0 +1,187 @@
+//! `vllm-operator simulate`: the controller's decision loop on an in-memory cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::plan::{fleet_time, offline_architecture, read_deployments, read_fleet};
+use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
+use crate::sim::{ExternalEvent, SimConfig, SimDeployment, SimReport, run};
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it.
+    #[arg(long)]
+    pub fleet: PathBuf,
+    /// VllmDeployment YAML files (one or more documents each), in creation order.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Memory taken or freed outside Kubernetes: a YAML list of {step, node, gpu, bytes}
+    /// (bytes > 0 taken, < 0 freed), or {step, node, kind: stale|delete-node}.
+    #[arg(long)]
+    pub external: Option<PathBuf>,
+    #[arg(long = "max-steps", default_value_t = 60)]
+    pub max_steps: u32,
+    #[arg(long = "stale-after-seconds", default_value_t = 120)]
+    pub stale_after_seconds: u64,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+fn read_external(path: &PathBuf) -> Result<Vec<ExternalEvent>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let de = serde_norway::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize::<_, Option<Vec<ExternalEvent>>>(de)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
+}
+
+pub fn run_command(args: &SimulateArgs) -> ExitCode {
+    let bad = |msg: String| {
+        eprintln!("vllm-operator simulate: {msg}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    };
+    let (gpunodes, _nodes) = match read_fleet(&args.fleet) {
+        Ok(f) => f,
+        Err(e) => return bad(e),
+    };
+    let deployments = match read_deployments(&args.files) {
+        Ok(d) => d,
+        Err(e) => return bad(e),
+    };
+    let external = match &args.external {
+        Some(p) => match read_external(p) {
+            Ok(e) => e,
+            Err(e) => return bad(e),
+        },
+        None => Vec::new(),
+    };
+    let start = fleet_time(&gpunodes).unwrap_or_else(Timestamp::now);
+    let sims = deployments
+        .into_iter()
+        .map(|object| SimDeployment {
+            arch: offline_architecture(&object),
+            object,
+        })
+        .collect();
+    let cfg = SimConfig {
+        max_steps: args.max_steps,
+        stale_after: Duration::from_secs(args.stale_after_seconds),
+        ..SimConfig::default()
+    };
+    let report = run(gpunodes, sims, &external, &cfg, start);
+    match args.output {
+        Output::Json => println!("{}", report_json(&report)),
+        Output::Table => print_table(&report),
+    }
+    let all_ready = report
+        .deployments
+        .iter()
+        .all(|(d, s)| s.ready_replicas >= d.spec.replicas.max(0));
+    if all_ready && report.startup_failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INFEASIBLE)
+    }
+}
+
+pub fn report_json(r: &SimReport) -> serde_json::Value {
+    json!({
+        "steps": r.steps,
+        "settled": r.settled,
+        "deployments": r.deployments.iter().map(|(d, s)| json!({
+            "name": d.metadata.name,
+            "namespace": d.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            "replicas": s.replicas,
+            "ready_replicas": s.ready_replicas,
+            "conditions": s.conditions.iter().map(|c| json!({
+                "type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
+            })).collect::<Vec<_>>(),
+            "placements": s.placements,
+        })).collect::<Vec<_>>(),
+        "gpus": r.world.gpu_table().iter().map(|(node, index, m)| json!({
+            "node": node, "index": index, "total_bytes": m.total_bytes, "free_bytes": m.free_bytes,
+        })).collect::<Vec<_>>(),
+        "startup_failures": r.startup_failures,
+        "launcher_refusals": r.launcher_refusals,
+        "events": r.events,
+    })
+}
+
+fn print_table(r: &SimReport) {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "settled after {} steps{}; vLLM startup failures: {}; launcher refusals: {}",
+        r.steps,
+        if r.settled {
+            ""
+        } else {
+            " (NOT settled: step limit)"
+        },
+        r.startup_failures,
+        r.launcher_refusals
+    );
+    println!();
+    for (d, s) in &r.deployments {
+        let ns = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        println!(
+            "{ns}/{}  {}  ready {}/{}  [{}]",
+            d.metadata.name.clone().unwrap_or_default(),
+            d.spec.model.name,
+            s.ready_replicas,
+            d.spec.replicas,
+            s.state.clone().unwrap_or_default()
+        );
+        for p in &s.placements {
+            match &p.node {
+                Some(node) => println!(
+                    "  {:<28} {:<14} GPUs {:<12} tp {} {:<5} kv {:<5} util {:.2}  {} KV tokens",
+                    p.pod,
+                    node,
+                    format!("{:?}", p.gpus),
+                    p.tensor_parallel_size,
+                    p.quantization.to_string(),
+                    p.kv_cache_dtype.to_string(),
+                    p.gpu_memory_utilization,
+                    p.kv_cache_tokens
+                ),
+                None => println!("  {:<28} {}", p.pod, p.reason.clone().unwrap_or_default()),
+            }
+        }
+        for c in s
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == "Admitted" && c.status == "False")
+        {
+            for line in c.message.split("; ") {
+                println!("  - {line}");
+            }
+        }
+    }
+    println!();
+    println!("GPUs after the run:");
+    for (node, index, m) in r.world.gpu_table() {
+        println!(
+            "  {node:<14} GPU {index}: {:>6.2} / {:>6.2} GiB free",
+            gib(m.free_bytes),
+            gib(m.total_bytes)
+        );
+    }
+    println!();
+    println!("events:");
+    for e in &r.events {
+        println!(
+            "  [{:>2}] {:<7} {:<20} {:<24} {}",
+            e.step, e.type_, e.reason, e.object, e.message
+        );
+    }
+}

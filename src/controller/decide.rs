@@ -1,0 +1,501 @@
+//! The reconcile decision for one VllmDeployment, as a pure function: from the deployment, its
+//! pods, the fleet and the reservation ledger to the pod actions, the status and the events.
+//! The controller applies the actions through the API; `simulate` applies them in memory.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::failures::{FailureBook, FailureKind, classify_failure};
+use crate::api::{self, PodRef, Sharing, VllmDeploymentSpec, VllmDeploymentStatus};
+use crate::model::{Architecture, VllmFamily};
+use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
+
+/// What the controller knows about one of the deployment's pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    pub replica: u32,
+    pub spec_hash: String,
+    pub phase: PodPhase,
+    /// The placement the pod was released with (from its annotation).
+    pub placement: Option<api::Placement>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodPhase {
+    /// Waiting on the `vllm-operator.io/placement` scheduling gate.
+    Gated,
+    /// Released to the scheduler, not running yet.
+    Pending,
+    /// Running, not ready yet (vLLM loading).
+    Running,
+    Ready,
+    /// Ended; the termination message or last log lines.
+    Failed {
+        message: String,
+    },
+    /// Being deleted.
+    Terminating,
+}
+
+/// The deployment as the decision sees it.
+#[derive(Clone, Debug)]
+pub struct DeploymentView<'a> {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub spec: &'a VllmDeploymentSpec,
+    /// The resolved architecture, or why it could not be resolved.
+    pub arch: Result<&'a Architecture, String>,
+    pub family: VllmFamily,
+    pub spec_hash: String,
+    /// Older deployments still waiting for GPU memory: this one waits behind them.
+    pub queued_behind: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the replica's pod with the placement scheduling gate.
+    CreateGated { pod: String, replica: u32 },
+    /// Pin to the node and remove the gate, in one update.
+    Release {
+        pod: String,
+        placement: Box<Placement>,
+        status: api::Placement,
+    },
+    /// Delete the pod (scale down, failure, rollout).
+    Delete { pod: String, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub actions: Vec<Action>,
+    pub status: VllmDeploymentStatus,
+    pub events: Vec<Event>,
+    /// Check again after this long even without a watch event.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Pod name for a replica at a spec hash: `NAME-INDEX-HASH`.
+pub fn pod_name(deployment: &str, replica: u32, spec_hash: &str) -> String {
+    format!("{deployment}-{replica}-{spec_hash}")
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    }
+}
+
+/// Keep `lastTransitionTime` when a condition's status did not change.
+pub fn carry_transition_times(new: &mut [Condition], old: &[Condition]) {
+    for c in new.iter_mut() {
+        if let Some(o) = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+}
+
+fn summary<T: ToString + PartialEq>(values: impl Iterator<Item = T>) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for v in values {
+        let s = v.to_string();
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    (!seen.is_empty()).then(|| seen.join(","))
+}
+
+/// Decide what to do for one deployment. `ledger` is updated with new reservations and
+/// released ones; `failures` with new failures.
+#[allow(clippy::too_many_arguments)]
+pub fn reconcile(
+    dep: &DeploymentView,
+    pods: &[PodView],
+    fleet: &Fleet,
+    ledger: &mut Ledger,
+    failures: &mut FailureBook,
+    now: Timestamp,
+) -> Outcome {
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+    let generation = dep.generation;
+    let desired = dep.spec.replicas.max(0) as u32;
+    let pod_ref = |name: &str| PodRef {
+        namespace: dep.namespace.clone(),
+        name: name.to_string(),
+    };
+
+    // Failed pods are replaced; memory failures are remembered per node so that repeated
+    // failures back off from it.
+    let mut live: Vec<&PodView> = Vec::new();
+    let mut last_failure: Option<String> = None;
+    for p in pods {
+        match &p.phase {
+            PodPhase::Failed { message } => {
+                let kind = classify_failure(message);
+                let node = p.placement.as_ref().and_then(|pl| pl.node.clone());
+                let line = message
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let reason = match kind {
+                    Some(k) => {
+                        if let Some(n) = &node {
+                            failures.record(n, super::failures::gpu_from_message(message), now);
+                        }
+                        format!(
+                            "{} on {}: {line}",
+                            k.describe(),
+                            node.as_deref().unwrap_or("an unknown node")
+                        )
+                    }
+                    None => format!("pod failed: {line}"),
+                };
+                events.push(Event {
+                    warning: true,
+                    reason: match kind {
+                        Some(FailureKind::LauncherRefused) => "LauncherRefused",
+                        Some(_) => "GpuMemoryFailure",
+                        None => "PodFailed",
+                    }
+                    .into(),
+                    message: format!("{}: {reason}; replacing it with a fresh placement", p.name),
+                });
+                ledger.release(&pod_ref(&p.name));
+                last_failure = Some(reason.clone());
+                actions.push(Action::Delete {
+                    pod: p.name.clone(),
+                    reason,
+                });
+            }
+            PodPhase::Terminating => {}
+            _ => live.push(p),
+        }
+    }
+
+    // Scale down: replicas at or above the desired count go, highest first.
+    let mut by_replica: BTreeMap<u32, Vec<&PodView>> = BTreeMap::new();
+    for p in &live {
+        if p.replica >= desired {
+            ledger.release(&pod_ref(&p.name));
+            actions.push(Action::Delete {
+                pod: p.name.clone(),
+                reason: format!("scaled down to {desired} replicas"),
+            });
+        } else {
+            by_replica.entry(p.replica).or_default().push(p);
+        }
+    }
+
+    let mut refusal: Option<Vec<String>> = None;
+    let mut placements: Vec<api::Placement> = Vec::new();
+    let arch = dep.arch.as_ref().ok().copied();
+    let avoid = failures.avoided(now);
+    let mut rollout_busy = false;
+    let mut ready = 0;
+    for replica in 0..desired {
+        let pods_here = by_replica.get(&replica).cloned().unwrap_or_default();
+        let current = pods_here
+            .iter()
+            .find(|p| p.spec_hash == dep.spec_hash)
+            .copied();
+        let old: Vec<&PodView> = pods_here
+            .iter()
+            .filter(|p| p.spec_hash != dep.spec_hash)
+            .copied()
+            .collect();
+        if old.iter().any(|p| p.phase == PodPhase::Ready)
+            && current.is_none_or(|c| c.phase != PodPhase::Ready)
+        {
+            ready += 1; // the old pod still serves until its replacement is ready
+        }
+        let Some(cur) = current else {
+            // Replace outdated replicas one at a time.
+            if !old.is_empty() && rollout_busy {
+                placements.extend(old.iter().filter_map(|p| p.placement.clone()));
+                continue;
+            }
+            rollout_busy |= !old.is_empty();
+            let name = pod_name(&dep.name, replica, &dep.spec_hash);
+            actions.push(Action::CreateGated {
+                pod: name.clone(),
+                replica,
+            });
+            placements.push(api::Placement {
+                pod: name,
+                reason: Some("created; waiting for a placement".into()),
+                ..Default::default()
+            });
+            continue;
+        };
+        match cur.phase {
+            PodPhase::Gated => {
+                rollout_busy |= !old.is_empty();
+                let Some(arch) = arch else { continue };
+                if !dep.queued_behind.is_empty() {
+                    let msg = format!(
+                        "queued behind older deployments waiting for GPU memory: {}",
+                        dep.queued_behind.join(", ")
+                    );
+                    placements.push(api::Placement {
+                        pod: cur.name.clone(),
+                        reason: Some(msg.clone()),
+                        ..Default::default()
+                    });
+                    refusal.get_or_insert_with(|| vec![msg]);
+                    continue;
+                }
+                let req = Request {
+                    pod: pod_ref(&cur.name),
+                    arch,
+                    spec: dep.spec,
+                    family: dep.family,
+                    avoid: &avoid,
+                };
+                match plan_replica(fleet, ledger, &req) {
+                    Decision::Placed(p) => {
+                        if let Some(node) = fleet.node(&p.node) {
+                            ledger.reserve(reservation_for(
+                                req.pod.clone(),
+                                &p,
+                                node,
+                                dep.spec.gpu.sharing == Sharing::Shared,
+                                now,
+                            ));
+                        }
+                        if !p.replaced_args.is_empty() {
+                            events.push(Event {
+                                warning: false,
+                                reason: "ArgsReplaced".into(),
+                                message: format!(
+                                    "{}: the operator sets these flags itself and replaced {}",
+                                    cur.name,
+                                    p.replaced_args.join(", ")
+                                ),
+                            });
+                        }
+                        let mut reason = p.reason.clone();
+                        if let Some(f) = &last_failure {
+                            reason = format!("re-planned after {f}; {reason}");
+                        }
+                        let status = api::Placement {
+                            pod: cur.name.clone(),
+                            node: Some(p.node.clone()),
+                            gpus: p.gpus.clone(),
+                            tensor_parallel_size: p.shape.tensor_parallel_size,
+                            quantization: p.shape.quantization,
+                            kv_cache_dtype: p.shape.kv_cache_dtype,
+                            gpu_memory_utilization: p.fit.utilization(),
+                            max_model_len: p.shape.max_model_len,
+                            kv_cache_tokens: p.kv_cache_tokens,
+                            reason: Some(reason),
+                        };
+                        events.push(Event {
+                            warning: false,
+                            reason: "Placed".into(),
+                            message: format!("{}: {}", cur.name, p.reason),
+                        });
+                        placements.push(status.clone());
+                        actions.push(Action::Release {
+                            pod: cur.name.clone(),
+                            placement: p,
+                            status,
+                        });
+                    }
+                    Decision::Refused(reasons) => {
+                        // An outdated pod holding the memory this one needs: delete it first,
+                        // then place once the agent reports the memory free.
+                        if let Some(o) = old.first() {
+                            ledger.release(&pod_ref(&o.name));
+                            actions.push(Action::Delete {
+                                pod: o.name.clone(),
+                                reason: "rollout: the new replica does not fit beside the old one"
+                                    .into(),
+                            });
+                        }
+                        placements.push(api::Placement {
+                            pod: cur.name.clone(),
+                            reason: Some(format!(
+                                "waiting for GPU memory: {}",
+                                reasons.first().cloned().unwrap_or_default()
+                            )),
+                            ..Default::default()
+                        });
+                        refusal.get_or_insert(reasons);
+                    }
+                }
+            }
+            _ => {
+                if cur.phase == PodPhase::Ready {
+                    ready += 1;
+                    // The replacement serves: retire the outdated pods of this replica.
+                    for o in &old {
+                        ledger.release(&pod_ref(&o.name));
+                        actions.push(Action::Delete {
+                            pod: o.name.clone(),
+                            reason: "rollout: replaced by an updated replica".into(),
+                        });
+                    }
+                } else {
+                    rollout_busy |= !old.is_empty();
+                }
+                if let Some(pl) = &cur.placement {
+                    placements.push(pl.clone());
+                }
+            }
+        }
+    }
+
+    // Status, kstatus style.
+    let current_pods = live
+        .iter()
+        .filter(|p| p.replica < desired && p.spec_hash == dep.spec_hash)
+        .count() as i32;
+    let mut conditions = Vec::new();
+    let placed = placements.iter().filter(|p| p.node.is_some()).count() as u32;
+    let (state, requeue_after);
+    if let Err(why) = &dep.arch {
+        conditions.push(condition(
+            "Admitted",
+            false,
+            "InvalidModel",
+            why.clone(),
+            generation,
+            now,
+        ));
+        conditions.push(condition(
+            "Ready",
+            false,
+            "InvalidModel",
+            why.clone(),
+            generation,
+            now,
+        ));
+        conditions.push(condition(
+            "Reconciling",
+            false,
+            "InvalidModel",
+            String::new(),
+            generation,
+            now,
+        ));
+        conditions.push(condition(
+            "Stalled",
+            true,
+            "InvalidModel",
+            why.clone(),
+            generation,
+            now,
+        ));
+        state = "InvalidModel";
+        requeue_after = None;
+    } else {
+        let all_ready = ready >= desired as i32 && current_pods == desired as i32;
+        match &refusal {
+            Some(reasons) => {
+                let msg = reasons.join("; ");
+                conditions.push(condition(
+                    "Admitted",
+                    false,
+                    "InsufficientGpuMemory",
+                    msg.clone(),
+                    generation,
+                    now,
+                ));
+                state = "InsufficientGpuMemory";
+            }
+            None => {
+                let msg = format!("{placed} of {desired} replicas placed");
+                conditions.push(condition(
+                    "Admitted",
+                    placed >= desired,
+                    if placed >= desired {
+                        "Placed"
+                    } else {
+                        "Placing"
+                    },
+                    msg,
+                    generation,
+                    now,
+                ));
+                state = if all_ready { "Ready" } else { "Progressing" };
+            }
+        }
+        let ready_msg = format!("{ready} of {desired} replicas ready");
+        conditions.push(condition(
+            "Ready",
+            all_ready,
+            if all_ready { "Ready" } else { state },
+            ready_msg.clone(),
+            generation,
+            now,
+        ));
+        conditions.push(condition(
+            "Reconciling",
+            !all_ready,
+            if all_ready { "Ready" } else { state },
+            ready_msg,
+            generation,
+            now,
+        ));
+        conditions.push(condition(
+            "Stalled",
+            false,
+            "Progressing",
+            String::new(),
+            generation,
+            now,
+        ));
+        requeue_after =
+            (!all_ready).then_some(Duration::from_secs(if refusal.is_some() { 60 } else { 15 }));
+    }
+
+    let placed_iter = || placements.iter().filter(|p| p.node.is_some());
+    let status = VllmDeploymentStatus {
+        observed_generation: generation,
+        conditions,
+        replicas: current_pods,
+        ready_replicas: ready,
+        ready: Some(format!("{ready}/{desired}")),
+        tensor_parallel: summary(placed_iter().map(|p| p.tensor_parallel_size)),
+        quantization: summary(placed_iter().map(|p| p.quantization)),
+        utilization: summary(placed_iter().map(|p| format!("{:.2}", p.gpu_memory_utilization))),
+        state: Some(state.to_string()),
+        placements,
+    };
+    Outcome {
+        actions,
+        status,
+        events,
+        requeue_after,
+    }
+}

@@ -1,0 +1,164 @@
+//! Startup failures that mean "not enough GPU memory", and the per-GPU back-off they cause.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// The termination-message prefix of a launcher refusal.
+pub const LAUNCHER_REFUSAL: &str = "vllm-operator: insufficient-gpu-memory:";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The launcher found the model no longer fits (exit 75).
+    LauncherRefused,
+    /// vLLM's startup check: "Free memory on device ... is less than desired".
+    StartupCheck,
+    /// "No available memory for the cache blocks".
+    NoKvCache,
+    /// "... larger than the maximum number of tokens that can be stored in KV cache".
+    KvTooSmall,
+    /// "CUDA out of memory".
+    CudaOom,
+}
+
+impl FailureKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::LauncherRefused => {
+                "the launcher refused to start vLLM (GPU memory taken since placement)"
+            }
+            FailureKind::StartupCheck => "vLLM's startup free-memory check failed",
+            FailureKind::NoKvCache => "vLLM found no memory for the KV cache",
+            FailureKind::KvTooSmall => "vLLM's KV cache cannot hold one max-model-len request",
+            FailureKind::CudaOom => "CUDA ran out of memory",
+        }
+    }
+}
+
+/// Which memory failure a termination message (or last log lines) shows, if any.
+pub fn classify_failure(message: &str) -> Option<FailureKind> {
+    if message.contains(LAUNCHER_REFUSAL) {
+        Some(FailureKind::LauncherRefused)
+    } else if message.contains("Free memory on device") {
+        Some(FailureKind::StartupCheck)
+    } else if message.contains("No available memory for the cache blocks") {
+        Some(FailureKind::NoKvCache)
+    } else if message
+        .contains("larger than the maximum number of tokens that can be stored in KV cache")
+    {
+        Some(FailureKind::KvTooSmall)
+    } else if message.contains("CUDA out of memory")
+        || message.contains("CUDA error: out of memory")
+    {
+        Some(FailureKind::CudaOom)
+    } else {
+        None
+    }
+}
+
+/// The GPU UUID a launcher refusal names: `GPU 3 (GPU-xxxx) needs ...`.
+pub fn gpu_from_message(message: &str) -> Option<String> {
+    let start = message.find("(GPU-")? + 1;
+    let end = message[start..].find(')')? + start;
+    Some(message[start..end].to_string())
+}
+
+/// After this many failures on one GPU (or node, when the GPU is unknown) the planner avoids it.
+const FAILURES_BEFORE_BACKOFF: u32 = 2;
+const BASE_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Failures older than this are forgotten.
+const MEMORY: Duration = Duration::from_secs(3600);
+
+/// Memory failures per `(node, gpu uuid or "*")`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FailureBook {
+    entries: BTreeMap<(String, String), (u32, Timestamp)>,
+}
+
+impl FailureBook {
+    pub fn record(&mut self, node: &str, gpu_uuid: Option<String>, now: Timestamp) {
+        let key = (
+            node.to_string(),
+            gpu_uuid.unwrap_or_else(|| "*".to_string()),
+        );
+        let e = self.entries.entry(key).or_insert((0, now));
+        e.0 += 1;
+        e.1 = now;
+    }
+
+    /// `(node, uuid)` pairs to avoid now; `"*"` stands for every GPU of the node.
+    pub fn avoided(&self, now: Timestamp) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|(_, (count, last))| {
+                if *count < FAILURES_BEFORE_BACKOFF {
+                    return false;
+                }
+                let factor = 1u32 << (count - FAILURES_BEFORE_BACKOFF).min(4);
+                let backoff = (BASE_BACKOFF * factor).min(MAX_BACKOFF);
+                (now.duration_since(*last).as_secs().max(0) as u64) < backoff.as_secs()
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Drop failures older than an hour.
+    pub fn forget_old(&mut self, now: Timestamp) {
+        self.entries.retain(|_, (_, last)| {
+            (now.duration_since(*last).as_secs().max(0) as u64) < MEMORY.as_secs()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_classified() {
+        let refusal = "vllm-operator: insufficient-gpu-memory: GPU 3 (GPU-abc-123) needs 1 bytes free (0.00 GiB), has 0 bytes free (0.00 GiB)";
+        assert_eq!(
+            classify_failure(refusal),
+            Some(FailureKind::LauncherRefused)
+        );
+        assert_eq!(gpu_from_message(refusal).as_deref(), Some("GPU-abc-123"));
+        assert_eq!(
+            classify_failure(
+                "ValueError: Free memory on device (6.92/8.0 GiB) on startup is less than desired GPU memory utilization (0.9, 7.2 GiB)."
+            ),
+            Some(FailureKind::StartupCheck)
+        );
+        assert_eq!(
+            classify_failure("No available memory for the cache blocks. Try increasing"),
+            Some(FailureKind::NoKvCache)
+        );
+        assert_eq!(
+            classify_failure(
+                "The model's max seq len (32768) is larger than the maximum number of tokens that can be stored in KV cache (16384)."
+            ),
+            Some(FailureKind::KvTooSmall)
+        );
+        assert_eq!(
+            classify_failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"),
+            Some(FailureKind::CudaOom)
+        );
+        assert_eq!(classify_failure("ImportError: no module named vllm"), None);
+    }
+
+    #[test]
+    fn repeated_failures_back_off_then_expire() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut book = FailureBook::default();
+        book.record("n", Some("GPU-1".into()), t0);
+        assert!(book.avoided(t0).is_empty());
+        book.record("n", Some("GPU-1".into()), t0);
+        assert_eq!(
+            book.avoided(t0),
+            vec![("n".to_string(), "GPU-1".to_string())]
+        );
+        let later = t0 + k8s_openapi::jiff::SignedDuration::from_secs(301);
+        assert!(book.avoided(later).is_empty());
+    }
+}

@@ -1,0 +1,227 @@
+//! `simulate`: the controller's decision code against an in-memory cluster built from a fleet
+//! file, with a simulated agent, kubelet, launcher and vLLM, until it settles.
+//!
+//! One step is one reconcile round. In each step: outside processes take or free memory
+//! (`--external`), pods released in an earlier step start (the kubelet picks their GPUs, the
+//! launcher fixes the utilization from the GPUs' memory *now*, then vLLM's own startup check
+//! runs), the agents report, and every deployment is reconciled in creation order.
+
+mod world;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{GpuNode, VllmDeployment, VllmDeploymentStatus};
+use crate::controller::decide::{self, DeploymentView, Event};
+use crate::controller::failures::FailureBook;
+use crate::model::Architecture;
+use crate::plan::{Fleet, Ledger};
+pub use world::World;
+
+/// Memory taken (`bytes` > 0) or freed (< 0) on one GPU by a process outside Kubernetes, or a
+/// node event, at a step.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalEvent {
+    pub step: u32,
+    pub node: String,
+    #[serde(default)]
+    pub gpu: Option<u32>,
+    #[serde(default)]
+    pub bytes: Option<i64>,
+    /// `memory` (default), `stale` (the node's agent stops reporting) or `delete-node`.
+    #[serde(default)]
+    pub kind: ExternalKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExternalKind {
+    #[default]
+    Memory,
+    Stale,
+    DeleteNode,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub max_steps: u32,
+    /// Simulated seconds per step.
+    pub step_seconds: i64,
+    pub stale_after: Duration,
+    pub reservation_timeout: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 60,
+            step_seconds: 10,
+            stale_after: Duration::from_secs(120),
+            reservation_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One event, with when and for whom.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SimEvent {
+    pub step: u32,
+    pub object: String,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The end state.
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    pub steps: u32,
+    pub settled: bool,
+    pub deployments: Vec<(VllmDeployment, VllmDeploymentStatus)>,
+    pub world: World,
+    pub startup_failures: u32,
+    pub launcher_refusals: u32,
+    pub events: Vec<SimEvent>,
+}
+
+/// A deployment with its resolved architecture (or why there is none).
+pub struct SimDeployment {
+    pub object: VllmDeployment,
+    pub arch: Result<Architecture, String>,
+}
+
+/// Run until nothing changes for a step, or `max_steps`.
+pub fn run(
+    gpunodes: Vec<GpuNode>,
+    deployments: Vec<SimDeployment>,
+    external: &[ExternalEvent],
+    cfg: &SimConfig,
+    start: Timestamp,
+) -> SimReport {
+    let mut world = World::new(gpunodes, start);
+    let mut ledger = Ledger::default();
+    let mut failures = FailureBook::default();
+    let mut statuses: BTreeMap<usize, VllmDeploymentStatus> = BTreeMap::new();
+    let mut events = Vec::new();
+    let last_external = external.iter().map(|e| e.step).max().unwrap_or(0);
+    let mut quiet_steps = 0;
+    let mut step = 0;
+    let mut settled = false;
+    while step < cfg.max_steps {
+        let now = start + SignedDuration::from_secs(cfg.step_seconds * step as i64);
+        let mut changed = false;
+        for e in external.iter().filter(|e| e.step == step) {
+            events.push(world.apply_external(e, step));
+            changed = true;
+        }
+        for (object, reason, message, warning) in world.start_pending(now) {
+            events.push(SimEvent {
+                step,
+                object,
+                type_: if warning { "Warning" } else { "Normal" },
+                reason,
+                message,
+            });
+            changed = true;
+        }
+        let gpunodes = world.reports(now);
+        let fleet = Fleet::from_objects(&gpunodes, &[], now, cfg.stale_after);
+        ledger.settle(&fleet, now, cfg.reservation_timeout);
+        failures.forget_old(now);
+
+        for (i, d) in deployments.iter().enumerate() {
+            let name = d.object.metadata.name.clone().unwrap_or_default();
+            let namespace = d
+                .object
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let queued_behind = deployments[..i]
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| statuses.get(j).is_some_and(waiting_for_memory))
+                .map(|(_, o)| o.object.metadata.name.clone().unwrap_or_default())
+                .collect();
+            let view = DeploymentView {
+                name: name.clone(),
+                namespace: namespace.clone(),
+                generation: d.object.metadata.generation,
+                spec: &d.object.spec,
+                arch: d.arch.as_ref().map_err(Clone::clone),
+                family: crate::cli::plan::family_from_image(&d.object.spec.image),
+                spec_hash: "sim".into(),
+                queued_behind,
+            };
+            let pods = world.pod_views(&namespace, &name);
+            let mut outcome =
+                decide::reconcile(&view, &pods, &fleet, &mut ledger, &mut failures, now);
+            if let Some(old) = statuses.get(&i) {
+                decide::carry_transition_times(&mut outcome.status.conditions, &old.conditions);
+            }
+            if !outcome.actions.is_empty() {
+                changed = true;
+            }
+            for Event {
+                warning,
+                reason,
+                message,
+            } in outcome.events
+            {
+                events.push(SimEvent {
+                    step,
+                    object: format!("{namespace}/{name}"),
+                    type_: if warning { "Warning" } else { "Normal" },
+                    reason,
+                    message,
+                });
+            }
+            for action in outcome.actions {
+                world.apply(&namespace, &name, action);
+            }
+            if statuses.get(&i) != Some(&outcome.status) {
+                changed = true;
+            }
+            statuses.insert(i, outcome.status);
+        }
+        step += 1;
+        if changed || step <= last_external {
+            quiet_steps = 0;
+        } else {
+            quiet_steps += 1;
+            if quiet_steps >= 2 {
+                settled = true;
+                break;
+            }
+        }
+    }
+    let startup_failures = world.startup_failures;
+    let launcher_refusals = world.launcher_refusals;
+    SimReport {
+        steps: step,
+        settled,
+        deployments: deployments
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (d.object, statuses.remove(&i).unwrap_or_default()))
+            .collect(),
+        world,
+        startup_failures,
+        launcher_refusals,
+        events,
+    }
+}
+
+fn waiting_for_memory(s: &VllmDeploymentStatus) -> bool {
+    s.conditions.iter().any(|c| {
+        c.type_ == "Admitted"
+            && c.status == "False"
+            && c.reason == "InsufficientGpuMemory"
+            && !c.message.starts_with("queued behind")
+    })
+}

@@ -1,0 +1,402 @@
+//! The simulated cluster: GPUs with free memory, pods, an agent that reports, a kubelet that
+//! hands out GPUs, the launcher's rule and vLLM's startup check.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{ExternalEvent, ExternalKind, SimEvent};
+use crate::api::{self, GpuMemory, GpuNode, GpuProcess, PodRef};
+use crate::controller::decide::{Action, PodPhase, PodView};
+use crate::fit::{GpuMemoryView, LaunchPlan, choose_for_gpus, passes_startup_check};
+
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    pub object: GpuNode,
+    /// The agent stopped reporting: the last report stays as it was.
+    pub frozen: Option<GpuNode>,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimPod {
+    pub namespace: String,
+    pub name: String,
+    pub deployment: String,
+    pub replica: u32,
+    pub phase: PodPhase,
+    pub placement: Option<api::Placement>,
+    pub launch_plan: Option<LaunchPlan>,
+    /// GPU indices the kubelet gave it, and bytes vLLM holds on each.
+    pub held: Vec<(u32, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct World {
+    pub nodes: BTreeMap<String, SimNode>,
+    pub pods: Vec<SimPod>,
+    pub startup_failures: u32,
+    pub launcher_refusals: u32,
+    next_pid: u32,
+}
+
+impl World {
+    pub fn new(gpunodes: Vec<GpuNode>, _start: Timestamp) -> Self {
+        let nodes = gpunodes
+            .into_iter()
+            .filter_map(|g| {
+                let name = g.metadata.name.clone()?;
+                Some((
+                    name,
+                    SimNode {
+                        object: g,
+                        frozen: None,
+                        deleted: false,
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            nodes,
+            pods: Vec::new(),
+            startup_failures: 0,
+            launcher_refusals: 0,
+            next_pid: 100_000,
+        }
+    }
+
+    fn gpu_mut(&mut self, node: &str, index: u32) -> Option<&mut api::GpuInfo> {
+        self.nodes
+            .get_mut(node)?
+            .object
+            .status
+            .as_mut()?
+            .gpus
+            .iter_mut()
+            .find(|g| g.index == index)
+    }
+
+    /// Apply one outside event and describe it.
+    pub fn apply_external(&mut self, e: &ExternalEvent, step: u32) -> SimEvent {
+        let (reason, message) = match e.kind {
+            ExternalKind::Stale => match self.nodes.get_mut(&e.node) {
+                Some(n) => {
+                    n.frozen = Some(n.object.clone());
+                    (
+                        "AgentStopped".to_string(),
+                        format!("the node agent on {} stops reporting", e.node),
+                    )
+                }
+                None => ("Ignored".to_string(), format!("no node {}", e.node)),
+            },
+            ExternalKind::DeleteNode => {
+                if let Some(n) = self.nodes.get_mut(&e.node) {
+                    n.deleted = true;
+                }
+                for p in self.pods.iter_mut() {
+                    if p.placement.as_ref().and_then(|pl| pl.node.as_deref())
+                        == Some(e.node.as_str())
+                    {
+                        p.phase = PodPhase::Failed {
+                            message: format!("node {} was deleted", e.node),
+                        };
+                        p.held.clear();
+                    }
+                }
+                (
+                    "NodeDeleted".to_string(),
+                    format!("node {} is deleted with its pods", e.node),
+                )
+            }
+            ExternalKind::Memory => {
+                let bytes = e.bytes.unwrap_or(0);
+                let gpu = e.gpu.unwrap_or(0);
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                match self.gpu_mut(&e.node, gpu) {
+                    Some(g) => {
+                        let m = &mut g.memory;
+                        if bytes >= 0 {
+                            let taken = (bytes as u64).min(m.free_bytes);
+                            m.free_bytes -= taken;
+                            m.used_bytes += taken;
+                            g.processes.push(GpuProcess {
+                                pid,
+                                used_bytes: taken,
+                                pod: None,
+                            });
+                        } else {
+                            // Freed by processes outside Kubernetes, most recent first.
+                            let mut left = bytes.unsigned_abs();
+                            for p in g.processes.iter_mut().rev().filter(|p| p.pod.is_none()) {
+                                let d = left.min(p.used_bytes);
+                                p.used_bytes -= d;
+                                left -= d;
+                            }
+                            let freed = bytes.unsigned_abs() - left;
+                            g.processes.retain(|p| p.used_bytes > 0);
+                            m.free_bytes += freed;
+                            m.used_bytes = m.used_bytes.saturating_sub(freed);
+                        }
+                        let verb = if bytes >= 0 { "takes" } else { "frees" };
+                        (
+                            "OutsideProcess".to_string(),
+                            format!(
+                                "a process outside Kubernetes {verb} {:.2} GiB on {} GPU {gpu}",
+                                bytes.unsigned_abs() as f64 / (1u64 << 30) as f64,
+                                e.node
+                            ),
+                        )
+                    }
+                    None => (
+                        "Ignored".to_string(),
+                        format!("no GPU {gpu} on node {}", e.node),
+                    ),
+                }
+            }
+        };
+        SimEvent {
+            step,
+            object: format!("node/{}", e.node),
+            type_: "Normal",
+            reason,
+            message,
+        }
+    }
+
+    /// What the agents report now: live nodes report the truth, frozen ones their last report.
+    pub fn reports(&self, now: Timestamp) -> Vec<GpuNode> {
+        self.nodes
+            .values()
+            .filter(|n| !n.deleted)
+            .map(|n| match &n.frozen {
+                Some(old) => old.clone(),
+                None => {
+                    let mut g = n.object.clone();
+                    if let Some(s) = g.status.as_mut() {
+                        s.observed_at = now.to_string();
+                    }
+                    g
+                }
+            })
+            .collect()
+    }
+
+    pub fn pod_views(&self, namespace: &str, deployment: &str) -> Vec<PodView> {
+        self.pods
+            .iter()
+            .filter(|p| p.namespace == namespace && p.deployment == deployment)
+            .map(|p| PodView {
+                name: p.name.clone(),
+                replica: p.replica,
+                spec_hash: "sim".into(),
+                phase: p.phase.clone(),
+                placement: p.placement.clone(),
+            })
+            .collect()
+    }
+
+    /// Carry out one controller action.
+    pub fn apply(&mut self, namespace: &str, deployment: &str, action: Action) {
+        match action {
+            Action::CreateGated { pod, replica } => self.pods.push(SimPod {
+                namespace: namespace.into(),
+                name: pod,
+                deployment: deployment.into(),
+                replica,
+                phase: PodPhase::Gated,
+                placement: None,
+                launch_plan: None,
+                held: Vec::new(),
+            }),
+            Action::Release {
+                pod,
+                placement,
+                status,
+            } => {
+                if let Some(p) = self
+                    .pods
+                    .iter_mut()
+                    .find(|p| p.namespace == namespace && p.name == pod)
+                {
+                    p.phase = PodPhase::Pending;
+                    p.placement = Some(status);
+                    p.launch_plan = Some(placement.launch_plan.clone());
+                }
+            }
+            Action::Delete { pod, .. } => {
+                if let Some(i) = self
+                    .pods
+                    .iter()
+                    .position(|p| p.namespace == namespace && p.name == pod)
+                {
+                    let p = self.pods.remove(i);
+                    self.free_pod(&p);
+                }
+            }
+        }
+    }
+
+    fn free_pod(&mut self, p: &SimPod) {
+        let Some(node) = p.placement.as_ref().and_then(|pl| pl.node.clone()) else {
+            return;
+        };
+        let me = PodRef {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        for (index, bytes) in &p.held {
+            if let Some(g) = self.gpu_mut(&node, *index) {
+                g.memory.free_bytes += bytes;
+                g.memory.used_bytes = g.memory.used_bytes.saturating_sub(*bytes);
+                g.processes.retain(|pr| pr.pod.as_ref() != Some(&me));
+                if g.allocated_to.as_ref() == Some(&me) {
+                    g.allocated_to = None;
+                }
+            }
+        }
+    }
+
+    /// Start pods released in an earlier step; promote started pods to ready. Returns events
+    /// as `(object, reason, message, warning)`.
+    pub fn start_pending(&mut self, _now: Timestamp) -> Vec<(String, String, String, bool)> {
+        let mut out = Vec::new();
+        for i in 0..self.pods.len() {
+            match self.pods[i].phase {
+                PodPhase::Running => {
+                    self.pods[i].phase = PodPhase::Ready;
+                    continue;
+                }
+                PodPhase::Pending => {}
+                _ => continue,
+            }
+            let p = self.pods[i].clone();
+            let object = format!("{}/{}", p.namespace, p.name);
+            let (Some(placement), Some(plan)) = (&p.placement, &p.launch_plan) else {
+                continue;
+            };
+            let Some(node_name) = placement.node.clone() else {
+                continue;
+            };
+            let Some(node) = self.nodes.get(&node_name).filter(|n| !n.deleted) else {
+                continue;
+            };
+            let tp = placement.tensor_parallel_size as usize;
+            // The kubelet hands out the lowest-numbered unallocated GPUs.
+            let gpus: Vec<api::GpuInfo> = node
+                .object
+                .status
+                .as_ref()
+                .map(|s| {
+                    s.gpus
+                        .iter()
+                        .filter(|g| g.allocated_to.is_none() && g.parent_uuid.is_none())
+                        .take(tp)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if gpus.len() < tp {
+                continue; // stays Pending until GPUs free up
+            }
+            let views: Vec<GpuMemoryView> = gpus
+                .iter()
+                .map(|g| GpuMemoryView {
+                    total_bytes: g.memory.total_bytes,
+                    free_bytes: g.memory.free_bytes,
+                    reserved_bytes: g.memory.reserved_bytes,
+                })
+                .collect();
+            let u = match choose_for_gpus(&views, plan) {
+                Ok((fit, _)) => fit.utilization(),
+                Err((at, short)) => {
+                    self.launcher_refusals += 1;
+                    let g = &gpus[at];
+                    let message = format!(
+                        "vllm-operator: insufficient-gpu-memory: GPU {} ({}) needs {} bytes free ({:.2} GiB), has {} bytes free ({:.2} GiB)",
+                        g.index,
+                        g.uuid,
+                        short.needed_free_bytes,
+                        short.needed_free_bytes as f64 / (1u64 << 30) as f64,
+                        short.free_bytes,
+                        short.free_bytes as f64 / (1u64 << 30) as f64
+                    );
+                    out.push((object, "LauncherRefused".into(), message.clone(), true));
+                    self.pods[i].phase = PodPhase::Failed { message };
+                    continue;
+                }
+            };
+            // vLLM's own check on each rank, after its own CUDA context and NCCL exist.
+            let failing = views.iter().zip(&gpus).find(|(v, _)| {
+                let after = v.free_bytes.saturating_sub(plan.startup_overhead_bytes);
+                !passes_startup_check(v.cuda_total_bytes(), after, u)
+            });
+            if let Some((v, g)) = failing {
+                self.startup_failures += 1;
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                let message = format!(
+                    "ValueError: Free memory on device cuda:{} ({:.2}/{:.2} GiB) on startup is less than desired GPU memory utilization ({u}, {:.2} GiB).",
+                    g.index,
+                    gib(v.free_bytes.saturating_sub(plan.startup_overhead_bytes)),
+                    gib(v.cuda_total_bytes()),
+                    gib((v.cuda_total_bytes() as f64 * u).ceil() as u64)
+                );
+                out.push((object, "StartupCheckFailed".into(), message.clone(), true));
+                self.pods[i].phase = PodPhase::Failed { message };
+                continue;
+            }
+            let me = PodRef {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+            };
+            let mut held = Vec::new();
+            for (v, g) in views.iter().zip(&gpus) {
+                let bytes = ((v.cuda_total_bytes() as f64 * u).ceil() as u64
+                    + plan.startup_overhead_bytes)
+                    .min(v.free_bytes);
+                held.push((g.index, bytes));
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                if let Some(gm) = self.gpu_mut(&node_name, g.index) {
+                    gm.memory.free_bytes -= bytes;
+                    gm.memory.used_bytes += bytes;
+                    gm.allocated_to = Some(me.clone());
+                    gm.processes.push(GpuProcess {
+                        pid,
+                        used_bytes: bytes,
+                        pod: Some(me.clone()),
+                    });
+                }
+            }
+            out.push((
+                object,
+                "Started".into(),
+                format!(
+                    "vLLM started on {node_name} GPUs {:?} with --gpu-memory-utilization {u:.2} (planned {:.2})",
+                    held.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                    placement.gpu_memory_utilization
+                ),
+                false,
+            ));
+            self.pods[i].held = held;
+            self.pods[i].phase = PodPhase::Running;
+        }
+        out
+    }
+
+    /// `(node, index, total, free)` for every GPU of every live node.
+    pub fn gpu_table(&self) -> Vec<(String, u32, GpuMemory)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.deleted)
+            .flat_map(|(name, n)| {
+                n.object
+                    .status
+                    .iter()
+                    .flat_map(|s| s.gpus.iter())
+                    .map(|g| (name.clone(), g.index, g.memory))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
