@@ -1,5 +1,6 @@
 //! `vllm-operator estimate`: the memory breakdown of one model and shape.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -84,9 +85,11 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
     if args.model == "list" {
         match catalog::entries() {
             Ok(entries) => {
+                let mut out = String::new();
                 for e in entries {
-                    println!("{}", e.id);
+                    let _ = writeln!(out, "{}", e.id);
                 }
+                super::emit(&out);
                 return ExitCode::SUCCESS;
             }
             Err(e) => {
@@ -160,7 +163,7 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
 
     match args.output {
         Output::Json => {
-            let mut out = json!({
+            let mut doc = json!({
                 "model": args.model,
                 "parameters": arch.parameters(),
                 "tensor_parallel_size": shape.tensor_parallel_size,
@@ -180,21 +183,24 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
                 "kv_bytes_per_request": est.kv_bytes_per_request,
             });
             if let (Some(kv), Some(total)) = (kv, args.gpu_total_bytes) {
-                out["gpu_total_bytes"] = json!(total);
-                out["gpu_memory_utilization"] = json!(utilization);
-                out["kv_cache_bytes"] = json!(kv.kv_cache_bytes);
-                out["kv_cache_tokens"] = json!(kv.kv_cache_tokens);
-                out["max_concurrency"] = json!(kv.max_concurrency);
+                doc["gpu_total_bytes"] = json!(total);
+                doc["gpu_memory_utilization"] = json!(utilization);
+                doc["kv_cache_bytes"] = json!(kv.kv_cache_bytes);
+                doc["kv_cache_tokens"] = json!(kv.kv_cache_tokens);
+                doc["max_concurrency"] = json!(kv.max_concurrency);
             }
-            println!("{out}");
+            super::emit(&format!("{doc}\n"));
         }
         Output::Table => {
-            println!("model                     {}", args.model);
-            println!(
+            let mut out = String::new();
+            let _ = writeln!(out, "model                     {}", args.model);
+            let _ = writeln!(
+                out,
                 "parameters                {:.2} B",
                 arch.parameters() as f64 / 1e9
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "shape                     tp {} | quantization {} | kv cache {} | max model len {} | batch {} tokens / {} seqs",
                 shape.tensor_parallel_size,
                 shape.quantization,
@@ -203,49 +209,62 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
                 est.max_num_batched_tokens,
                 est.max_num_seqs
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "weights per GPU           {}",
                 Gib(est.weights_bytes_per_gpu)
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "activation peak           {}",
                 Gib(est.activation_peak_bytes)
             );
-            println!("non-torch memory          {}", Gib(est.non_torch_bytes));
+            let _ = writeln!(
+                out,
+                "non-torch memory          {}",
+                Gib(est.non_torch_bytes)
+            );
             let where_graphs = if est.cuda_graphs_in_budget {
                 "inside"
             } else {
                 "outside"
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "CUDA graphs               {} ({where_graphs} the utilization budget)",
                 Gib(est.cuda_graph_bytes)
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "startup overhead          {} (before vLLM's free-memory check)",
                 Gib(est.startup_overhead_bytes)
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "KV cache per token        {:.1} KiB per GPU; one {}-token request needs {}",
                 est.kv_cache_bytes_per_token_per_gpu as f64 / 1024.0,
                 shape.max_model_len,
                 Gib(est.kv_bytes_per_request)
             );
             if let (Some(kv), Some(total)) = (kv, args.gpu_total_bytes) {
-                println!(
+                let _ = writeln!(
+                    out,
                     "GPU total                 {} at utilization {utilization:.2}",
                     Gib(total)
                 );
-                println!(
+                let _ = writeln!(
+                    out,
                     "KV cache                  {} = {} tokens",
                     Gib(kv.kv_cache_bytes),
                     kv.kv_cache_tokens
                 );
-                println!(
+                let _ = writeln!(
+                    out,
                     "max concurrency           {:.2}x at {} tokens per request",
                     kv.max_concurrency, shape.max_model_len
                 );
             }
+            super::emit(&out);
         }
     }
     ExitCode::SUCCESS

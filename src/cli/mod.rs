@@ -87,6 +87,18 @@ fn crd(out_dirs: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Write command output to stdout; a closed pipe (`| head`) is not an error worth a panic.
+pub fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("vllm-operator: cannot write to stdout: {e}");
+    }
+}
+
 fn not_yet(command: &Command) -> ExitCode {
     eprintln!("vllm-operator: {command:?} is not implemented yet");
     ExitCode::from(EXIT_BAD_INPUT)

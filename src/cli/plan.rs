@@ -1,6 +1,7 @@
 //! `vllm-operator plan`: place VllmDeployments on a fleet file, in file order, against one
 //! shared reservation ledger.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -254,21 +255,24 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                     "reasons": reasons,
                 })).collect::<Vec<_>>()
             });
-            println!("{out}");
+            super::emit(&format!("{out}\n"));
         }
         Output::Table => {
+            let mut out = String::new();
             for (name, ns, admitted, replicas, reasons, want) in &results {
                 let verdict = if *admitted {
                     "admitted"
                 } else {
                     "NOT admitted"
                 };
-                println!(
+                let _ = writeln!(
+                    out,
                     "{ns}/{name}: {verdict} ({}/{want} replicas placed)",
                     replicas.len()
                 );
                 for (i, p) in replicas.iter().enumerate() {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "  replica {i}: {:<14} GPUs {:<12} tp {} quant {:<5} kv {:<5} util {:.2}  KV {} tokens",
                         p.node,
                         format!("{:?}", p.gpus),
@@ -278,12 +282,13 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                         p.fit.utilization(),
                         p.kv_cache_tokens
                     );
-                    println!("    {}", p.command.join(" "));
+                    let _ = writeln!(out, "    {}", p.command.join(" "));
                 }
                 for r in reasons {
-                    println!("  - {r}");
+                    let _ = writeln!(out, "  - {r}");
                 }
             }
+            super::emit(&out);
         }
     }
     if all_placed {

@@ -1,5 +1,6 @@
 //! `vllm-operator simulate`: the controller's decision loop on an in-memory cluster.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,8 +77,8 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
     };
     let report = run(gpunodes, sims, &external, &cfg, start);
     match args.output {
-        Output::Json => println!("{}", report_json(&report)),
-        Output::Table => print_table(&report),
+        Output::Json => super::emit(&format!("{}\n", report_json(&report))),
+        Output::Table => super::emit(&table(&report)),
     }
     let all_ready = report
         .deployments
@@ -113,9 +114,12 @@ pub fn report_json(r: &SimReport) -> serde_json::Value {
     })
 }
 
-fn print_table(r: &SimReport) {
+/// The report as a person reads it.
+pub fn table(r: &SimReport) -> String {
+    let mut out = String::new();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    println!(
+    let _ = writeln!(
+        out,
         "settled after {} steps{}; vLLM startup failures: {}; launcher refusals: {}",
         r.steps,
         if r.settled {
@@ -126,14 +130,15 @@ fn print_table(r: &SimReport) {
         r.startup_failures,
         r.launcher_refusals
     );
-    println!();
+    let _ = writeln!(out);
     for (d, s) in &r.deployments {
         let ns = d
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        println!(
+        let _ = writeln!(
+            out,
             "{ns}/{}  {}  ready {}/{}  [{}]",
             d.metadata.name.clone().unwrap_or_default(),
             d.spec.model.name,
@@ -142,8 +147,9 @@ fn print_table(r: &SimReport) {
             s.state.clone().unwrap_or_default()
         );
         for p in &s.placements {
-            match &p.node {
-                Some(node) => println!(
+            let _ = match &p.node {
+                Some(node) => writeln!(
+                    out,
                     "  {:<28} {:<14} GPUs {:<12} tp {} {:<5} kv {:<5} util {:.2}  {} KV tokens",
                     p.pod,
                     node,
@@ -154,8 +160,13 @@ fn print_table(r: &SimReport) {
                     p.gpu_memory_utilization,
                     p.kv_cache_tokens
                 ),
-                None => println!("  {:<28} {}", p.pod, p.reason.clone().unwrap_or_default()),
-            }
+                None => writeln!(
+                    out,
+                    "  {:<28} {}",
+                    p.pod,
+                    p.reason.clone().unwrap_or_default()
+                ),
+            };
         }
         for c in s
             .conditions
@@ -163,25 +174,28 @@ fn print_table(r: &SimReport) {
             .filter(|c| c.type_ == "Admitted" && c.status == "False")
         {
             for line in c.message.split("; ") {
-                println!("  - {line}");
+                let _ = writeln!(out, "  - {line}");
             }
         }
     }
-    println!();
-    println!("GPUs after the run:");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "GPUs after the run:");
     for (node, index, m) in r.world.gpu_table() {
-        println!(
+        let _ = writeln!(
+            out,
             "  {node:<14} GPU {index}: {:>6.2} / {:>6.2} GiB free",
             gib(m.free_bytes),
             gib(m.total_bytes)
         );
     }
-    println!();
-    println!("events:");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "events:");
     for e in &r.events {
-        println!(
+        let _ = writeln!(
+            out,
             "  [{:>2}] {:<7} {:<20} {:<24} {}",
             e.step, e.type_, e.reason, e.object, e.message
         );
     }
+    out
 }

@@ -155,7 +155,6 @@ pub fn reconcile(
     // Failed pods are replaced; memory failures are remembered per node so that repeated
     // failures back off from it.
     let mut live: Vec<&PodView> = Vec::new();
-    let mut last_failure: Option<String> = None;
     for p in pods {
         match &p.phase {
             PodPhase::Failed { message } => {
@@ -191,7 +190,7 @@ pub fn reconcile(
                     message: format!("{}: {reason}; replacing it with a fresh placement", p.name),
                 });
                 ledger.release(&pod_ref(&p.name));
-                last_failure = Some(reason.clone());
+                failures.replica_failed(&dep.namespace, &dep.name, p.replica, reason.clone());
                 actions.push(Action::Delete {
                     pod: p.name.clone(),
                     reason,
@@ -304,7 +303,7 @@ pub fn reconcile(
                             });
                         }
                         let mut reason = p.reason.clone();
-                        if let Some(f) = &last_failure {
+                        if let Some(f) = failures.take_replica_failure(&dep.namespace, &dep.name, replica) {
                             reason = format!("re-planned after {f}; {reason}");
                         }
                         let status = api::Placement {

@@ -71,13 +71,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Failures older than this are forgotten.
 const MEMORY: Duration = Duration::from_secs(3600);
 
-/// Memory failures per `(node, gpu uuid or "*")`.
+/// Memory failures per `(node, gpu uuid or "*")`, and the last failure of each replica until it
+/// is placed again (so its new placement can say why it moved).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FailureBook {
     entries: BTreeMap<(String, String), (u32, Timestamp)>,
+    replicas: BTreeMap<(String, String, u32), String>,
 }
 
 impl FailureBook {
+    /// Remember why a replica's pod failed.
+    pub fn replica_failed(&mut self, namespace: &str, deployment: &str, replica: u32, reason: String) {
+        self.replicas.insert((namespace.to_string(), deployment.to_string(), replica), reason);
+    }
+
+    /// The last failure of a replica, forgotten once read (at its next placement).
+    pub fn take_replica_failure(&mut self, namespace: &str, deployment: &str, replica: u32) -> Option<String> {
+        self.replicas.remove(&(namespace.to_string(), deployment.to_string(), replica))
+    }
+
     pub fn record(&mut self, node: &str, gpu_uuid: Option<String>, now: Timestamp) {
         let key = (
             node.to_string(),

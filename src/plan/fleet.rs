@@ -98,9 +98,10 @@ impl Fleet {
                         let age = now.duration_since(t);
                         let age = Duration::from_secs(age.as_secs().max(0) as u64);
                         if age > stale_after {
+                            // No age in the text: a message that changes every second would
+                            // rewrite the status every reconcile.
                             ineligible = Some(format!(
-                                "agent report is {} old (stale after {})",
-                                format_age(age),
+                                "agent report is stale (last at {t}, more than {} ago)",
                                 format_age(stale_after)
                             ));
                         }

@@ -10,6 +10,9 @@ use crate::api::{self, GpuMemory, GpuNode, GpuProcess, PodRef};
 use crate::controller::decide::{Action, PodPhase, PodView};
 use crate::fit::{GpuMemoryView, LaunchPlan, choose_for_gpus, passes_startup_check};
 
+/// The node agent's default heartbeat.
+const HEARTBEAT_SECONDS: i64 = 30;
+
 #[derive(Clone, Debug)]
 pub struct SimNode {
     pub object: GpuNode,
@@ -41,16 +44,20 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(gpunodes: Vec<GpuNode>, _start: Timestamp) -> Self {
+    /// A node whose report is more than a heartbeat older than `start` (the fleet file's newest
+    /// report) has an agent that is not reporting: its report stays as it is.
+    pub fn new(gpunodes: Vec<GpuNode>, start: Timestamp) -> Self {
         let nodes = gpunodes
             .into_iter()
             .filter_map(|g| {
                 let name = g.metadata.name.clone()?;
+                let observed = g.status.as_ref().and_then(|s| s.observed_at.parse::<Timestamp>().ok());
+                let silent = observed.is_none_or(|t| start.duration_since(t).as_secs() > HEARTBEAT_SECONDS);
                 Some((
                     name,
                     SimNode {
+                        frozen: silent.then(|| g.clone()),
                         object: g,
-                        frozen: None,
                         deleted: false,
                     },
                 ))
