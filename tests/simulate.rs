@@ -10,7 +10,9 @@ use vllm_operator::fit::passes_startup_check;
 use vllm_operator::sim::{ExternalEvent, ExternalKind, SimConfig, SimDeployment, SimReport, run};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sim").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sim")
+        .join(name)
 }
 
 fn simulate(fleet: &str, deployments: &[&str], external: &[ExternalEvent]) -> SimReport {
@@ -29,7 +31,11 @@ fn simulate(fleet: &str, deployments: &[&str], external: &[ExternalEvent]) -> Si
 }
 
 fn status<'a>(r: &'a SimReport, name: &str) -> &'a VllmDeploymentStatus {
-    &r.deployments.iter().find(|(d, _)| d.metadata.name.as_deref() == Some(name)).unwrap().1
+    &r.deployments
+        .iter()
+        .find(|(d, _)| d.metadata.name.as_deref() == Some(name))
+        .unwrap()
+        .1
 }
 
 fn condition<'a>(s: &'a VllmDeploymentStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
@@ -49,13 +55,25 @@ fn the_classic_desktop_gpu_starts_where_0_9_would_fail() {
     assert!(u < 0.9, "{u}");
     // vLLM's default would not have passed on this GPU (6.92 of 8 GiB free, CUDA total 7.76).
     let cuda_total = 8_589_934_592 - 260_046_848;
-    assert!(!passes_startup_check(cuda_total, 7_430_346_834 - (512 << 20), 0.9));
-    assert!(passes_startup_check(cuda_total, 7_430_346_834 - (512 << 20), u));
+    assert!(!passes_startup_check(
+        cuda_total,
+        7_430_346_834 - (512 << 20),
+        0.9
+    ));
+    assert!(passes_startup_check(
+        cuda_total,
+        7_430_346_834 - (512 << 20),
+        u
+    ));
 }
 
 #[test]
 fn two_deployments_racing_for_one_gpu_do_not_both_start() {
-    let r = simulate("fleet-one-h100.yaml", &["llama-8b-a.yaml", "llama-8b-b.yaml"], &[]);
+    let r = simulate(
+        "fleet-one-h100.yaml",
+        &["llama-8b-a.yaml", "llama-8b-b.yaml"],
+        &[],
+    );
     assert_eq!(r.startup_failures, 0);
     assert_eq!(r.launcher_refusals, 0);
     let a = status(&r, "llama-8b-a");
@@ -106,7 +124,12 @@ fn a_replica_that_only_fits_a_stale_node_waits_with_the_reason() {
     assert_eq!(s.ready_replicas, 0);
     let (_, reason, message) = condition(s, "Admitted");
     assert_eq!(reason, "InsufficientGpuMemory");
-    assert!(message.contains("big-stale: agent report is stale (last at 2026-11-26T11:50:00Z, more than 2m0s ago)"), "{message}");
+    assert!(
+        message.contains(
+            "big-stale: agent report is stale (last at 2026-11-26T11:50:00Z, more than 2m0s ago)"
+        ),
+        "{message}"
+    );
 }
 
 #[test]
@@ -122,7 +145,10 @@ fn an_agent_that_stops_reporting_makes_its_node_stale_for_later_replicas() {
     };
     let r = simulate("fleet-stale.yaml", &["llama-8b-a.yaml"], &[stop]);
     assert!(r.events.iter().any(|e| e.reason == "AgentStopped"));
-    assert_eq!(status(&r, "llama-8b-a").placements[0].node.as_deref(), Some("small-fresh"));
+    assert_eq!(
+        status(&r, "llama-8b-a").placements[0].node.as_deref(),
+        Some("small-fresh")
+    );
 }
 
 #[test]
@@ -142,13 +168,24 @@ fn a_deleted_node_s_replica_is_replaced_elsewhere() {
     assert_eq!(s.ready_replicas, 1);
     let now_on = s.placements[0].node.clone().unwrap();
     assert_ne!(now_on, first);
-    assert!(r.events.iter().any(|e| e.reason == "PodFailed" && e.message.contains("deleted")), "{:?}", r.events);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.reason == "PodFailed" && e.message.contains("deleted")),
+        "{:?}",
+        r.events
+    );
 }
 
 #[test]
 fn memory_taken_between_placement_and_start_is_absorbed_by_the_launcher() {
     let calm = simulate("fleet-one-h100.yaml", &["llama-8b-a.yaml"], &[]);
-    let placed_at = calm.events.iter().find(|e| e.reason == "Placed").unwrap().step;
+    let placed_at = calm
+        .events
+        .iter()
+        .find(|e| e.reason == "Placed")
+        .unwrap()
+        .step;
     let planned = status(&calm, "llama-8b-a").placements[0].gpu_memory_utilization;
     let race = ExternalEvent {
         step: placed_at + 1,
@@ -162,15 +199,33 @@ fn memory_taken_between_placement_and_start_is_absorbed_by_the_launcher() {
     assert_eq!(r.launcher_refusals, 0);
     assert_eq!(status(&r, "llama-8b-a").ready_replicas, 1);
     let started = r.events.iter().find(|e| e.reason == "Started").unwrap();
-    assert!(started.message.contains(&format!("(planned {planned:.2})")), "{}", started.message);
-    assert!(!started.message.contains(&format!("utilization {planned:.2}")), "the launcher should have lowered it: {}", started.message);
+    assert!(
+        started.message.contains(&format!("(planned {planned:.2})")),
+        "{}",
+        started.message
+    );
+    assert!(
+        !started
+            .message
+            .contains(&format!("utilization {planned:.2}")),
+        "the launcher should have lowered it: {}",
+        started.message
+    );
 }
 
 #[test]
 fn memory_taken_so_the_model_no_longer_fits_is_refused_and_re_planned() {
     let calm = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &[]);
-    let placed_at = calm.events.iter().find(|e| e.reason == "Placed").unwrap().step;
-    let node = status(&calm, "llama-8b-a").placements[0].node.clone().unwrap();
+    let placed_at = calm
+        .events
+        .iter()
+        .find(|e| e.reason == "Placed")
+        .unwrap()
+        .step;
+    let node = status(&calm, "llama-8b-a").placements[0]
+        .node
+        .clone()
+        .unwrap();
     // Both GPUs of the chosen node lose 75 GiB right before the pod starts.
     let race: Vec<ExternalEvent> = (0..2)
         .map(|gpu| ExternalEvent {
@@ -182,19 +237,37 @@ fn memory_taken_so_the_model_no_longer_fits_is_refused_and_re_planned() {
         })
         .collect();
     let r = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &race);
-    assert_eq!(r.startup_failures, 0, "vLLM itself must never fail the check");
+    assert_eq!(
+        r.startup_failures, 0,
+        "vLLM itself must never fail the check"
+    );
     assert_eq!(r.launcher_refusals, 1);
     let s = status(&r, "llama-8b-a");
     assert_eq!(s.ready_replicas, 1);
     assert_ne!(s.placements[0].node.as_deref(), Some(node.as_str()));
-    assert!(s.placements[0].reason.as_deref().unwrap().starts_with("re-planned after"), "{:?}", s.placements[0].reason);
+    assert!(
+        s.placements[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("re-planned after"),
+        "{:?}",
+        s.placements[0].reason
+    );
 }
 
 #[test]
 fn the_readme_example_settles_with_every_deployment_ready() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
     let (gpunodes, _) = read_fleet(&root.join("fleet.yaml")).unwrap();
-    let files: Vec<PathBuf> = ["llama-3.2-1b.yaml", "llama-3.1-8b.yaml", "llama-3.1-70b.yaml"].iter().map(|f| root.join(f)).collect();
+    let files: Vec<PathBuf> = [
+        "llama-3.2-1b.yaml",
+        "llama-3.1-8b.yaml",
+        "llama-3.1-70b.yaml",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .collect();
     let deps = read_deployments(&files).unwrap();
     let start = fleet_time(&gpunodes).unwrap();
     let sims = deps
@@ -215,7 +288,14 @@ fn the_readme_example_settles_with_every_deployment_ready() {
         assert!(json.get(key).is_some(), "{key}");
     }
     let d0 = &json["deployments"][0];
-    for key in ["name", "namespace", "replicas", "ready_replicas", "conditions", "placements"] {
+    for key in [
+        "name",
+        "namespace",
+        "replicas",
+        "ready_replicas",
+        "conditions",
+        "placements",
+    ] {
         assert!(d0.get(key).is_some(), "{key}");
     }
 }
