@@ -303,7 +303,9 @@ pub fn reconcile(
                             });
                         }
                         let mut reason = p.reason.clone();
-                        if let Some(f) = failures.take_replica_failure(&dep.namespace, &dep.name, replica) {
+                        if let Some(f) =
+                            failures.take_replica_failure(&dep.namespace, &dep.name, replica)
+                        {
                             reason = format!("re-planned after {f}; {reason}");
                         }
                         let status = api::Placement {

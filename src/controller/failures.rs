@@ -81,13 +81,28 @@ pub struct FailureBook {
 
 impl FailureBook {
     /// Remember why a replica's pod failed.
-    pub fn replica_failed(&mut self, namespace: &str, deployment: &str, replica: u32, reason: String) {
-        self.replicas.insert((namespace.to_string(), deployment.to_string(), replica), reason);
+    pub fn replica_failed(
+        &mut self,
+        namespace: &str,
+        deployment: &str,
+        replica: u32,
+        reason: String,
+    ) {
+        self.replicas.insert(
+            (namespace.to_string(), deployment.to_string(), replica),
+            reason,
+        );
     }
 
     /// The last failure of a replica, forgotten once read (at its next placement).
-    pub fn take_replica_failure(&mut self, namespace: &str, deployment: &str, replica: u32) -> Option<String> {
-        self.replicas.remove(&(namespace.to_string(), deployment.to_string(), replica))
+    pub fn take_replica_failure(
+        &mut self,
+        namespace: &str,
+        deployment: &str,
+        replica: u32,
+    ) -> Option<String> {
+        self.replicas
+            .remove(&(namespace.to_string(), deployment.to_string(), replica))
     }
 
     pub fn record(&mut self, node: &str, gpu_uuid: Option<String>, now: Timestamp) {

@@ -51,8 +51,12 @@ impl World {
             .into_iter()
             .filter_map(|g| {
                 let name = g.metadata.name.clone()?;
-                let observed = g.status.as_ref().and_then(|s| s.observed_at.parse::<Timestamp>().ok());
-                let silent = observed.is_none_or(|t| start.duration_since(t).as_secs() > HEARTBEAT_SECONDS);
+                let observed = g
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_at.parse::<Timestamp>().ok());
+                let silent =
+                    observed.is_none_or(|t| start.duration_since(t).as_secs() > HEARTBEAT_SECONDS);
                 Some((
                     name,
                     SimNode {
