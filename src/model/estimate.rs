@@ -511,7 +511,8 @@ pub fn estimate(
         None => arch.intermediate_size,
     };
     let forward_peak = max_num_batched_tokens * (3 * mlp_width / tp + 4 * h) * 2;
-    let sampler_peak = max_num_seqs.min(max_num_batched_tokens) * arch.vocab_size * 4 * SAMPLER_LOGIT_COPIES;
+    let sampler_peak =
+        max_num_seqs.min(max_num_batched_tokens) * arch.vocab_size * 4 * SAMPLER_LOGIT_COPIES;
     let activation_peak_bytes = forward_peak.max(sampler_peak);
 
     // Public logs: 0.03-0.35 GiB on one GPU; 0.25-0.55 GiB with tensor parallelism (custom
