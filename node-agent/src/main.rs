@@ -47,6 +47,8 @@ enum Command {
     },
     /// Fix --gpu-memory-utilization from NVML and exec the command.
     Launch(LaunchArgs),
+    /// Copy this binary to DEST (the vLLM pod's init container; the image has no `cp`).
+    Install { dest: PathBuf },
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +76,14 @@ struct LaunchArgs {
     /// The LaunchPlan JSON written by the controller.
     #[arg(long, env = PLAN_ENV)]
     plan: Option<String>,
+    /// A file holding the LaunchPlan JSON (the controller's `vllm-operator.io/launch-plan`
+    /// annotation through a downward-API volume); wins over --plan.
+    #[arg(long)]
+    plan_file: Option<PathBuf>,
+    /// A file holding a JSON array of arguments appended to the command (the controller's
+    /// `vllm-operator.io/args` annotation).
+    #[arg(long)]
+    args_file: Option<PathBuf>,
     #[arg(long, default_value = "/dev/termination-log")]
     termination_log: PathBuf,
     /// The command to exec, e.g. `vllm serve MODEL ...`.
@@ -101,6 +111,13 @@ fn main() -> ExitCode {
             bench_polls,
         } => probe(&cli.nvml_lib, output, bench_polls),
         Command::Launch(args) => launch_cmd(&cli.nvml_lib, args),
+        Command::Install { dest } => match launch::install(&dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vllm-node-agent install {}: {e}", dest.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Run(args) => run_cmd(&cli.nvml_lib, args),
     }
 }
@@ -218,12 +235,21 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
         termination(&args.termination_log, &line);
         ExitCode::from(1)
     };
-    let Some(plan_json) = args.plan.as_deref() else {
-        return fail(format!(
-            "vllm-operator: bad-plan: no --plan and no {PLAN_ENV}"
-        ));
+    let plan_json = match launch::plan_text(args.plan.as_deref(), args.plan_file.as_deref()) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),
     };
-    let plan: LaunchPlan = match serde_json::from_str(plan_json) {
+    let mut command = args.command.clone();
+    if let Some(path) = &args.args_file {
+        let extra = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --args-file {}: {e}", path.display()))
+            .and_then(|text| launch::parse_args_file(&text));
+        match extra {
+            Ok(extra) => command.extend(extra),
+            Err(e) => return fail(format!("vllm-operator: bad-args: {e}")),
+        }
+    }
+    let plan: LaunchPlan = match serde_json::from_str(&plan_json) {
         Ok(p) => p,
         Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),
     };
@@ -254,7 +280,7 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
             worst_uuid,
         } => {
             let value = format_utilization(utilization_pct);
-            let (program, rest) = match args.command.split_first() {
+            let (program, rest) = match command.split_first() {
                 Some(split) => split,
                 None => return fail("vllm-operator: no command to launch".to_string()),
             };

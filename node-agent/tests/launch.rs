@@ -204,3 +204,88 @@ fn bad_plan_and_nvml_failure_exit_1_with_a_message() {
         "{msg}"
     );
 }
+
+#[test]
+fn plan_and_args_come_from_the_downward_api_files_as_the_pod_runs_it() {
+    // The controller's pod: `launch --plan-file F --args-file A -- vllm serve MODEL`, with F
+    // and A the launch-plan and args annotations seen through a downward-API volume.
+    let dir = temp("files");
+    let plan_file = dir.join("launch-plan");
+    let args_file = dir.join("args");
+    std::fs::write(&plan_file, plan(3 * GIB)).unwrap();
+    std::fs::write(
+        &args_file,
+        r#"["--tensor-parallel-size","1","--gpu-memory-utilization","0.90","--enable-prefix-caching"]"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan-file",
+        ])
+        .arg(&plan_file)
+        .arg("--args-file")
+        .arg(&args_file)
+        .arg("--termination-log")
+        .arg(dir.join("termination-log"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$0\" \"$@\"",
+            "serve",
+            "model",
+        ])
+        .env_remove("VLLM_OPERATOR_PLAN")
+        .env_remove("NVIDIA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let argv: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            "serve",
+            "model",
+            "--tensor-parallel-size",
+            "1",
+            "--gpu-memory-utilization",
+            "0.77",
+            "--enable-prefix-caching"
+        ]
+    );
+
+    // Started before the release (empty annotation file): refuse, with the reason.
+    std::fs::write(&args_file, "").unwrap();
+    let log = dir.join("termination-log-2");
+    let out = Command::new(bin())
+        .args([
+            "--nvml-lib",
+            stub(Variant::Full).to_str().unwrap(),
+            "launch",
+            "--plan-file",
+        ])
+        .arg(&plan_file)
+        .arg("--args-file")
+        .arg(&args_file)
+        .arg("--termination-log")
+        .arg(&log)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with("vllm-operator: bad-args: the args file is empty"),
+        "{message}"
+    );
+}

@@ -1,5 +1,7 @@
 //! The in-pod launcher: fix `--gpu-memory-utilization` from NVML at the last moment, then exec.
 
+use std::path::Path;
+
 use vllm_operator::api::GpuInfo;
 use vllm_operator::fit::{GpuMemoryView, LaunchPlan, Shortfall, choose_for_gpus};
 
@@ -136,6 +138,49 @@ pub fn refusal_line(index: u32, uuid: &str, shortfall: &Shortfall) -> String {
     )
 }
 
+/// The plan JSON: from `--plan-file` (the controller's downward-API file) when given, else
+/// from `--plan` / `VLLM_OPERATOR_PLAN`.
+pub fn plan_text(plan: Option<&str>, plan_file: Option<&Path>) -> Result<String, String> {
+    match (plan_file, plan) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --plan-file {}: {e}", path.display()))?;
+            if text.trim().is_empty() {
+                return Err(format!(
+                    "--plan-file {} is empty: the pod started before the controller released it",
+                    path.display()
+                ));
+            }
+            Ok(text)
+        }
+        (None, Some(text)) => Ok(text.to_string()),
+        (None, None) => Err(format!("no --plan-file, no --plan and no {PLAN_ENV}")),
+    }
+}
+
+/// Arguments to append to the command: a JSON array of strings (the controller's
+/// `vllm-operator.io/args` annotation, seen through a downward-API file).
+pub fn parse_args_file(text: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the args file is empty: the pod started before the controller released it".into(),
+        );
+    }
+    serde_json::from_str(text)
+        .map_err(|e| format!("the args file is not a JSON array of strings: {e}"))
+}
+
+/// Copy this executable to `dest` (mode 0755), through a temporary name so a reader never
+/// sees half a binary. The launcher image is distroless: no `cp` to do it.
+pub fn install(dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let tmp = dest.with_extension("partial");
+    std::fs::copy(&exe, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +293,61 @@ mod tests {
             decide(&[&a, &c], &plan),
             Decision::Refuse { index: 2, .. }
         ));
+    }
+
+    #[test]
+    fn plan_file_wins_over_the_env_and_empty_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("launch-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("launch-plan");
+        std::fs::write(&file, "{\"a\":1}").unwrap();
+        assert_eq!(plan_text(Some("env"), Some(&file)).unwrap(), "{\"a\":1}");
+        assert_eq!(plan_text(Some("env"), None).unwrap(), "env");
+        assert!(plan_text(None, None).unwrap_err().contains(PLAN_ENV));
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            plan_text(None, Some(&file))
+                .unwrap_err()
+                .contains("before the controller released it")
+        );
+        assert!(
+            plan_text(None, Some(&dir.join("missing")))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn args_file_is_a_json_array() {
+        assert_eq!(
+            parse_args_file("[\"--tensor-parallel-size\",\"2\"]").unwrap(),
+            s(&["--tensor-parallel-size", "2"])
+        );
+        assert!(parse_args_file("").unwrap_err().contains("empty"));
+        assert!(
+            parse_args_file("--tp 2")
+                .unwrap_err()
+                .contains("JSON array")
+        );
+    }
+
+    #[test]
+    fn install_copies_this_executable_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("launch-install-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("vllm-node-agent");
+        install(&dest).unwrap();
+        let meta = std::fs::metadata(&dest).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            meta.len(),
+            std::fs::metadata(std::env::current_exe().unwrap())
+                .unwrap()
+                .len()
+        );
+        assert!(!dest.with_extension("partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
