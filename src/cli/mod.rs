@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod estimate;
 pub mod plan;
+pub mod run;
 pub mod simulate;
 
 /// Exit code for bad input (unreadable files, malformed resources, unknown flags values).
@@ -29,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller against the cluster in the current kubeconfig.
-    Run,
+    Run(run::RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd {
         /// Write one file per CRD into each of these directories instead of printing.
@@ -56,8 +57,8 @@ pub fn main() -> ExitCode {
         Command::Crd { out_dirs } => crd(&out_dirs),
         Command::Estimate(args) => estimate::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Simulate(args) => simulate::run_command(&args),
-        other => not_yet(&other),
     }
 }
 
@@ -97,9 +98,4 @@ pub fn emit(text: &str) {
     {
         eprintln!("vllm-operator: cannot write to stdout: {e}");
     }
-}
-
-fn not_yet(command: &Command) -> ExitCode {
-    eprintln!("vllm-operator: {command:?} is not implemented yet");
-    ExitCode::from(EXIT_BAD_INPUT)
 }

@@ -1,4 +1,14 @@
 //! The controller: reconcile VllmDeployments into gated, placed, launched vLLM pods.
 
+pub mod apply;
+pub mod context;
 pub mod decide;
 pub mod failures;
+pub mod leader;
+pub mod metrics;
+pub mod model_source;
+pub mod pod;
+pub mod reconcile;
+pub mod runner;
+pub mod service;
+pub mod view;

@@ -1,0 +1,165 @@
+//! What every reconcile shares: the client, the event recorder, the metrics, the reservation
+//! ledger and failure book (one per controller, so that concurrent reconciles of different
+//! deployments never count on the same free bytes), and the reflector caches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+
+use super::failures::FailureBook;
+use super::metrics::Metrics;
+use super::model_source::{ModelResolver, Unavailable};
+use super::pod::BuildError;
+use crate::api::{GpuNode, VllmDeployment};
+use crate::model::hub::HubClient;
+use crate::plan::Ledger;
+
+pub type Guarded = DeserializeGuard<VllmDeployment>;
+
+/// One error per reconcile stage; the variant names the stage that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidObject(String),
+    #[error("resolve model: {0}")]
+    ResolveModel(#[source] Unavailable),
+    #[error("build {what}: {source}")]
+    Build { what: String, source: BuildError },
+    #[error("the shared ledger lock is poisoned")]
+    Plan,
+    #[error("create pod {pod}: {source}")]
+    CreatePod { pod: String, source: kube::Error },
+    #[error("release pod {pod}: {source}")]
+    ReleasePod { pod: String, source: kube::Error },
+    #[error("delete pod {pod}: {source}")]
+    DeletePod { pod: String, source: kube::Error },
+    #[error("apply service {name}: {source}")]
+    ApplyService { name: String, source: kube::Error },
+    #[error("patch status of {name}: {source}")]
+    PatchStatus { name: String, source: kube::Error },
+}
+
+impl Error {
+    /// The stage, as the `stage` label of the error metric.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Error::InvalidObject(_) => "Read",
+            Error::ResolveModel(_) => "ResolveModel",
+            Error::Build { .. } => "Build",
+            Error::Plan => "Plan",
+            Error::CreatePod { .. } => "CreatePod",
+            Error::ReleasePod { .. } => "ReleasePod",
+            Error::DeletePod { .. } => "DeletePod",
+            Error::ApplyService { .. } => "ApplyService",
+            Error::PatchStatus { .. } => "PatchStatus",
+        }
+    }
+}
+
+/// The caches reconcile reads instead of the API.
+#[derive(Clone)]
+pub struct Stores {
+    pub deployments: Store<Guarded>,
+    pub gpunodes: Store<GpuNode>,
+    /// Empty when Node objects are not watched.
+    pub nodes: Store<Node>,
+    /// Pods labelled `app.kubernetes.io/managed-by=vllm-operator`.
+    pub pods: Store<Pod>,
+}
+
+fn filled<K>(objects: Vec<K>) -> Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+impl Stores {
+    /// Stores holding exactly these objects (tests, and `simulate`-like tools).
+    pub fn from_objects(
+        deployments: Vec<VllmDeployment>,
+        gpunodes: Vec<GpuNode>,
+        nodes: Vec<Node>,
+        pods: Vec<Pod>,
+    ) -> Self {
+        Stores {
+            deployments: filled(
+                deployments
+                    .into_iter()
+                    .map(|d| DeserializeGuard(Ok(d)))
+                    .collect(),
+            ),
+            gpunodes: filled(gpunodes),
+            nodes: filled(nodes),
+            pods: filled(pods),
+        }
+    }
+}
+
+/// Controller settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub launcher_image: String,
+    /// GpuNode reports older than this are not trusted.
+    pub stale_after: Duration,
+    /// Reservations the agent has not confirmed within this long are dropped.
+    pub reservation_timeout: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub ledger: Mutex<Ledger>,
+    pub failures: Mutex<FailureBook>,
+    pub stores: Stores,
+    pub models: ModelResolver,
+    pub settings: Settings,
+    /// Consecutive transient failures per deployment, for the requeue backoff.
+    pub retries: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
+    pub clock: fn() -> Timestamp,
+}
+
+pub const REPORTER: &str = "vllm-operator";
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        hub: HubClient,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            ledger: Mutex::new(Ledger::default()),
+            failures: Mutex::new(FailureBook::default()),
+            stores,
+            models: ModelResolver::new(hub),
+            settings,
+            retries: Mutex::new(HashMap::new()),
+            clock: Timestamp::now,
+        }
+    }
+}

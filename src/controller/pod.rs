@@ -1,0 +1,470 @@
+//! The vLLM Pod of one replica, built without a client: created gated, then released in one
+//! update that pins it to the planned node and hands the launcher its plan and arguments.
+//!
+//! A Pod's containers (command, env, resources) cannot change after creation, but its
+//! annotations can, and a downward-API volume shows them to the container when it starts. So
+//! the pod is created knowing only what is fixed for its lifetime (image, the GPU count = the
+//! tensor parallel size), and the release writes the launch plan and the `vllm serve` flags as
+//! annotations in the same update that removes the scheduling gate: the kubelet only ever sees
+//! the released pod, so the files are complete when the launcher reads them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, HTTPGetAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSchedulingGate,
+    PodSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::api::{self, VllmDeployment, VllmDeploymentSpec};
+use crate::plan;
+
+pub const MANAGED_BY: &str = "vllm-operator";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_REPLICA: &str = "vllm-operator.io/replica";
+pub const LABEL_SPEC_HASH: &str = "vllm-operator.io/spec-hash";
+/// The scheduling gate every vLLM pod is created with.
+pub const PLACEMENT_GATE: &str = "vllm-operator.io/placement";
+/// JSON of `api::Placement`: what the pod was released with.
+pub const ANNOTATION_PLACEMENT: &str = "vllm-operator.io/placement";
+/// JSON of the launcher's `LaunchPlan`.
+pub const ANNOTATION_LAUNCH_PLAN: &str = "vllm-operator.io/launch-plan";
+/// JSON array: the `vllm serve MODEL` arguments the planner chose.
+pub const ANNOTATION_ARGS: &str = "vllm-operator.io/args";
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub const VLLM_CONTAINER: &str = "vllm";
+
+const LAUNCHER_DIR: &str = "/vllm-operator/bin";
+const LAUNCHER_IN_IMAGE: &str = "/usr/local/bin/vllm-node-agent";
+const PLAN_DIR: &str = "/etc/vllm-operator";
+const PLAN_FILE: &str = "launch-plan";
+const ARGS_FILE: &str = "args";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("VllmDeployment has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("cannot encode {what} as JSON: {reason}")]
+    Encode { what: &'static str, reason: String },
+}
+
+/// FNV-1a, 64 bit: stable across Rust releases and platforms, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Ten hex digits over every spec field that shapes a pod or its plan. `replicas` is left
+/// out: scaling must not roll the running replicas.
+pub fn spec_hash(spec: &VllmDeploymentSpec) -> String {
+    let mut shaping = spec.clone();
+    shaping.replicas = 0;
+    // Serializing plain data (strings, numbers, maps with string keys) cannot fail; an empty
+    // input would still hash to a fixed value.
+    let bytes = serde_json::to_vec(&shaping).unwrap_or_default();
+    format!("{:010x}", fnv1a(&bytes) & 0xff_ffff_ffff)
+}
+
+/// The labels every child of `deployment` carries; the Service selects on them.
+pub fn selector_labels(deployment: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), "vllm".to_string()),
+        (LABEL_INSTANCE.to_string(), deployment.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+/// The controller owner reference (with blockOwnerDeletion) to the deployment.
+pub fn owner_reference(dep: &VllmDeployment) -> Result<OwnerReference, BuildError> {
+    let meta = dep.meta();
+    Ok(OwnerReference {
+        api_version: VllmDeployment::api_version(&()).to_string(),
+        kind: VllmDeployment::kind(&()).to_string(),
+        name: meta
+            .name
+            .clone()
+            .ok_or(BuildError::MissingMetadata("name"))?,
+        uid: meta.uid.clone().ok_or(BuildError::MissingMetadata("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The GPU count a pod was created with (its `nvidia.com/gpu` limit), if any.
+pub fn gpu_count(pod: &Pod) -> Option<u32> {
+    let c = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == VLLM_CONTAINER)?;
+    let q = c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?;
+    q.0.parse().ok()
+}
+
+fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+    Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(str::to_string),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn annotation_file(path: &str, annotation: &str) -> DownwardAPIVolumeFile {
+    DownwardAPIVolumeFile {
+        path: path.to_string(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: format!("metadata.annotations['{annotation}']"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// `spec.resources` with `nvidia.com/gpu` set to `gpus` (limit only: the request follows).
+fn vllm_resources(spec: &VllmDeploymentSpec, gpus: u32) -> ResourceRequirements {
+    let mut r = spec.resources.clone().unwrap_or_default();
+    if let Some(requests) = r.requests.as_mut() {
+        requests.remove(GPU_RESOURCE);
+    }
+    r.limits
+        .get_or_insert_with(BTreeMap::new)
+        .insert(GPU_RESOURCE.to_string(), Quantity(gpus.to_string()));
+    r
+}
+
+/// The pod of `replica`, gated, with `gpus` GPUs. The vLLM arguments and the launch plan
+/// arrive at release time through annotations (see the module comment).
+pub fn gated_pod(
+    dep: &VllmDeployment,
+    replica: u32,
+    spec_hash: &str,
+    gpus: u32,
+    launcher_image: &str,
+) -> Result<Pod, BuildError> {
+    let name = dep
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    let namespace = dep
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let spec = &dep.spec;
+    let mut labels = selector_labels(name);
+    labels.insert(LABEL_REPLICA.into(), replica.to_string());
+    labels.insert(LABEL_SPEC_HASH.into(), spec_hash.to_string());
+
+    let launcher = format!("{LAUNCHER_DIR}/vllm-node-agent");
+    let install = Container {
+        name: "install-launcher".into(),
+        image: Some(launcher_image.to_string()),
+        // The launcher image is distroless (no cp, no shell): the binary copies itself.
+        command: Some(vec![
+            LAUNCHER_IN_IMAGE.into(),
+            "install".into(),
+            launcher.clone(),
+        ]),
+        volume_mounts: Some(vec![mount("launcher", LAUNCHER_DIR, false)]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let vllm = Container {
+        name: VLLM_CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec![
+            launcher,
+            "launch".into(),
+            "--plan-file".into(),
+            format!("{PLAN_DIR}/{PLAN_FILE}"),
+            "--args-file".into(),
+            format!("{PLAN_DIR}/{ARGS_FILE}"),
+            "--".into(),
+            "vllm".into(),
+            "serve".into(),
+            spec.model.name.clone(),
+        ]),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(vllm_resources(spec, gpus)),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/health".into()),
+                port: IntOrString::Int(spec.port),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![
+            mount("launcher", LAUNCHER_DIR, true),
+            mount("plan", PLAN_DIR, true),
+            mount("dshm", "/dev/shm", false),
+        ]),
+        ..Default::default()
+    };
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(super::decide::pod_name(name, replica, spec_hash)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner_reference(dep)?]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            scheduling_gates: Some(vec![PodSchedulingGate {
+                name: PLACEMENT_GATE.into(),
+            }]),
+            init_containers: Some(vec![install]),
+            containers: vec![vllm],
+            // The controller is the restart policy: a failed start is re-planned on fresh data.
+            restart_policy: Some("Never".into()),
+            // A Service named `vllm` would inject VLLM_PORT=tcp://..., which vLLM misreads.
+            enable_service_links: Some(false),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            volumes: Some(vec![
+                empty_dir("launcher", None),
+                empty_dir("dshm", Some("Memory")),
+                Volume {
+                    name: "plan".into(),
+                    downward_api: Some(DownwardAPIVolumeSource {
+                        items: Some(vec![
+                            annotation_file(PLAN_FILE, ANNOTATION_LAUNCH_PLAN),
+                            annotation_file(ARGS_FILE, ANNOTATION_ARGS),
+                        ]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The arguments after `vllm serve MODEL` in the planned command.
+pub fn serve_args(command: &[String]) -> Vec<String> {
+    match command {
+        [v, s, _model, rest @ ..] if v == "vllm" && s == "serve" => rest.to_vec(),
+        other => other.to_vec(),
+    }
+}
+
+/// `current` released to `placement`: required node affinity on the node's hostname added
+/// (to every required term, the only change allowed while gated), the placement gate removed,
+/// and the plan annotations set. Never `nodeName`: the scheduler must still admit the pod.
+pub fn released_pod(
+    current: &Pod,
+    placement: &plan::Placement,
+    status: &api::Placement,
+) -> Result<Pod, BuildError> {
+    let encode = |what: &'static str, r: Result<String, serde_json::Error>| {
+        r.map_err(|e| BuildError::Encode {
+            what,
+            reason: e.to_string(),
+        })
+    };
+    let mut pod = current.clone();
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(
+        ANNOTATION_PLACEMENT.into(),
+        encode("placement", serde_json::to_string(status))?,
+    );
+    annotations.insert(
+        ANNOTATION_LAUNCH_PLAN.into(),
+        encode("launch plan", serde_json::to_string(&placement.launch_plan))?,
+    );
+    annotations.insert(
+        ANNOTATION_ARGS.into(),
+        encode(
+            "args",
+            serde_json::to_string(&serve_args(&placement.command)),
+        )?,
+    );
+    pod.status = None;
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    if let Some(gates) = spec.scheduling_gates.as_mut() {
+        gates.retain(|g| g.name != PLACEMENT_GATE);
+    }
+    let pin = NodeSelectorRequirement {
+        key: HOSTNAME_LABEL.into(),
+        operator: "In".into(),
+        values: Some(vec![placement.node.clone()]),
+    };
+    let required = spec
+        .affinity
+        .get_or_insert_with(Affinity::default)
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default)
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector {
+            node_selector_terms: Vec::new(),
+        });
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        term.match_expressions
+            .get_or_insert_with(Vec::new)
+            .push(pin.clone());
+    }
+    Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> VllmDeployment {
+        let text = include_str!("../../tests/fixtures/controller/deployment.yaml");
+        let mut d: VllmDeployment = serde_norway::from_str(text).unwrap();
+        d.metadata.uid = Some("uid-1".into());
+        d
+    }
+
+    fn expected(name: &str) -> serde_json::Value {
+        let path = format!(
+            "{}/tests/fixtures/controller/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn gated_pod_matches_the_fixture() {
+        let d = deployment();
+        let pod = gated_pod(
+            &d,
+            0,
+            "abcdef0123",
+            2,
+            "ghcr.io/vllm-operator/vllm-node-agent:0.1.0",
+        )
+        .unwrap();
+        let got = serde_json::to_value(&pod).unwrap();
+        if std::env::var_os("BLESS").is_some() {
+            let path = format!(
+                "{}/tests/fixtures/controller/gated-pod.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = format!(
+                "# The gated pod of replica 0 of deployment.yaml (spec hash abcdef0123, 2 GPUs).\n# Regenerate with BLESS=1 cargo test -p vllm-operator --lib gated_pod_matches; review the diff.\n{}",
+                serde_norway::to_string(&got).unwrap()
+            );
+            std::fs::write(path, text).unwrap();
+        }
+        assert_eq!(got, expected("gated-pod.yaml"));
+    }
+
+    #[test]
+    fn gpu_requests_follow_the_limit() {
+        let mut d = deployment();
+        d.spec.resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("4".into())),
+                (GPU_RESOURCE.into(), Quantity("8".into())),
+            ])),
+            ..Default::default()
+        });
+        let pod = gated_pod(&d, 1, "h", 4, "img").unwrap();
+        let r = pod.spec.as_ref().unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
+        assert_eq!(r.limits.unwrap()[GPU_RESOURCE], Quantity("4".into()));
+        assert!(!r.requests.as_ref().unwrap().contains_key(GPU_RESOURCE));
+        assert_eq!(r.requests.unwrap()["cpu"], Quantity("4".into()));
+        assert_eq!(gpu_count(&pod), Some(4));
+        assert_eq!(pod.metadata.name.as_deref(), Some("llama-1b-1-h"));
+    }
+
+    #[test]
+    fn a_deployment_without_uid_cannot_own_a_pod() {
+        let mut d = deployment();
+        d.metadata.uid = None;
+        assert_eq!(
+            gated_pod(&d, 0, "h", 1, "img"),
+            Err(BuildError::MissingMetadata("uid"))
+        );
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_ignores_replicas() {
+        let d = deployment();
+        let h = spec_hash(&d.spec);
+        assert_eq!(h.len(), 10);
+        // Pinned: a change here rolls every running replica on upgrade.
+        assert_eq!(h, "1fa9125f19");
+        let mut scaled = d.spec.clone();
+        scaled.replicas = 7;
+        assert_eq!(spec_hash(&scaled), h);
+        let mut changed = d.spec.clone();
+        changed.args.push("--enable-prefix-caching".into());
+        assert_ne!(spec_hash(&changed), h);
+        let mut image = d.spec.clone();
+        image.image = "vllm/vllm-openai:v0.10.2".into();
+        assert_ne!(spec_hash(&image), h);
+    }
+
+    #[test]
+    fn serve_args_drop_the_program_and_model() {
+        let cmd: Vec<String> = ["vllm", "serve", "m", "--tensor-parallel-size", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(serve_args(&cmd), vec!["--tensor-parallel-size", "2"]);
+    }
+}

@@ -1,0 +1,340 @@
+//! Reconcile one VllmDeployment, in named stages: read (guarded against malformed objects),
+//! resolve the model, validate, observe the pods, decide (pure, under the shared ledger lock),
+//! apply the pod steps, apply the Service, write status, publish events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::ObjectRef;
+use tracing::{instrument, warn};
+
+use super::apply;
+use super::context::{Context, Error, Guarded};
+use super::decide::{self, Action, DeploymentView, Outcome, PodView};
+use super::pod::{self, LABEL_INSTANCE};
+use super::view::pod_view;
+use crate::api::{PodRef, VllmDeployment};
+use crate::cli::plan::family_from_image;
+use crate::model::Architecture;
+use crate::plan::{Decision, Fleet, Ledger, Request, plan_replica};
+
+/// Longest label value: the deployment name is the `app.kubernetes.io/instance` label.
+const MAX_LABEL_VALUE: usize = 63;
+const MIN_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[instrument(skip_all, fields(deployment = %key(&obj)))]
+pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let result = match &obj.0 {
+        Ok(dep) => reconcile_deployment(dep, &ctx).await,
+        Err(invalid) => {
+            apply::publish_invalid(&ctx, invalid).await;
+            Err(Error::InvalidObject(format!(
+                "VllmDeployment {}/{} cannot be read: {}",
+                invalid.metadata.namespace.as_deref().unwrap_or(""),
+                invalid.metadata.name.as_deref().unwrap_or(""),
+                invalid.error
+            )))
+        }
+    };
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if result.is_ok()
+        && let Ok(mut retries) = ctx.retries.lock()
+    {
+        retries.remove(&ObjectRef::from_obj(obj.as_ref()));
+    }
+    result
+}
+
+/// Invalid input waits for a change; anything else is retried with a doubling delay.
+pub fn error_policy(obj: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.error(error.stage());
+    warn!(deployment = %key(&obj), stage = error.stage(), error = %error, "reconcile failed");
+    if let Error::InvalidObject(_) | Error::Build { .. } = error {
+        return Requeue::await_change();
+    }
+    let attempt = match ctx.retries.lock() {
+        Ok(mut retries) => {
+            let n = retries
+                .entry(ObjectRef::from_obj(obj.as_ref()))
+                .or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    Requeue::requeue(backoff(attempt))
+}
+
+pub fn backoff(attempt: u32) -> Duration {
+    (MIN_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1).min(10))).min(MAX_BACKOFF)
+}
+
+fn key(obj: &Guarded) -> String {
+    let m = obj.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Requeue, Error> {
+    // ResolveModel: an outage is an error (requeued), an invalid model a decision input.
+    let arch = ctx
+        .models
+        .resolve(&ctx.client, dep)
+        .await
+        .map_err(Error::ResolveModel)?;
+    // Validate.
+    let arch = arch.and_then(|a| validate(dep).map(|()| a));
+    let now = (ctx.clock)();
+    let pods = owned_pods(ctx, dep);
+    let views: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p)).collect();
+    let queued = queued_behind(ctx, dep);
+    // Plan.
+    let (outcome, gpus_for_new) = decide_under_lock(ctx, dep, &arch, &views, queued, now)?;
+    let steps = apply::steps(
+        dep,
+        &outcome.actions,
+        &pods,
+        &gpus_for_new,
+        &ctx.settings.launcher_image,
+    )?;
+    apply::run_steps(ctx, dep, steps).await?;
+    apply::apply_service(ctx, dep).await?;
+    apply::patch_status(ctx, dep, outcome.status.clone()).await?;
+    apply::publish_events(ctx, dep, &outcome.events).await;
+    record_metrics(ctx, dep, &outcome);
+    Ok(match outcome.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+/// What the CRD's schema cannot check.
+pub fn validate(dep: &VllmDeployment) -> Result<(), String> {
+    let name = dep.metadata.name.as_deref().unwrap_or("");
+    if name.len() > MAX_LABEL_VALUE {
+        return Err(format!(
+            "invalid spec: the name {name:?} is longer than {MAX_LABEL_VALUE} characters, the limit of the app.kubernetes.io/instance label"
+        ));
+    }
+    if crate::quantity::parse_bytes(&dep.spec.memory.headroom.0).is_none() {
+        return Err(format!(
+            "invalid spec: memory.headroom {:?} is not a byte quantity",
+            dep.spec.memory.headroom.0
+        ));
+    }
+    Ok(())
+}
+
+/// The deployment's pods from the cache: same namespace, instance label and owner uid.
+fn owned_pods(ctx: &Context, dep: &VllmDeployment) -> Vec<Arc<Pod>> {
+    let ns = dep.metadata.namespace.as_deref();
+    let name = dep.metadata.name.as_deref();
+    let uid = dep.metadata.uid.as_deref();
+    let mut pods = ctx.stores.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == ns
+            && p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_INSTANCE))
+                .map(String::as_str)
+                == name
+            && p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(o.uid.as_str()) == uid)
+    });
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    pods
+}
+
+fn waiting_for_memory(dep: &VllmDeployment) -> bool {
+    dep.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Admitted" && c.status == "False" && c.reason == "InsufficientGpuMemory"
+        })
+    })
+}
+
+fn created(dep: &VllmDeployment) -> (Option<Timestamp>, String, String) {
+    (
+        dep.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        dep.metadata.namespace.clone().unwrap_or_default(),
+        dep.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Older deployments still waiting for GPU memory, oldest first, as `namespace/name`.
+pub fn queued_behind(ctx: &Context, dep: &VllmDeployment) -> Vec<String> {
+    let me = created(dep);
+    let mut older: Vec<_> = ctx
+        .stores
+        .deployments
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .filter(|d| d.metadata.uid != dep.metadata.uid && waiting_for_memory(d))
+        .map(|d| created(&d))
+        .filter(|c| *c < me)
+        .collect();
+    older.sort();
+    older
+        .into_iter()
+        .map(|(_, ns, name)| format!("{ns}/{name}"))
+        .collect()
+}
+
+/// Settle the ledger, decide, and size the pods about to be created, all under the lock.
+fn decide_under_lock(
+    ctx: &Context,
+    dep: &VllmDeployment,
+    arch: &Result<Arc<Architecture>, String>,
+    views: &[PodView],
+    queued_behind: Vec<String>,
+    now: Timestamp,
+) -> Result<(Outcome, BTreeMap<String, u32>), Error> {
+    let gpunodes: Vec<_> = ctx
+        .stores
+        .gpunodes
+        .state()
+        .iter()
+        .map(|g| g.as_ref().clone())
+        .collect();
+    let nodes: Vec<_> = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .map(|n| n.as_ref().clone())
+        .collect();
+    let fleet = Fleet::from_objects(&gpunodes, &nodes, now, ctx.settings.stale_after);
+    let spec_hash = pod::spec_hash(&dep.spec);
+    let view = DeploymentView {
+        name: dep.metadata.name.clone().unwrap_or_default(),
+        namespace: dep.metadata.namespace.clone().unwrap_or_default(),
+        generation: dep.metadata.generation,
+        spec: &dep.spec,
+        arch: arch.as_ref().map(|a| a.as_ref()).map_err(Clone::clone),
+        family: family_from_image(&dep.spec.image),
+        spec_hash,
+        queued_behind,
+    };
+    let mut ledger = ctx.ledger.lock().map_err(|_| Error::Plan)?;
+    let mut failures = ctx.failures.lock().map_err(|_| Error::Plan)?;
+    ledger.settle(&fleet, now, ctx.settings.reservation_timeout);
+    failures.forget_old(now);
+    let outcome = decide::reconcile(&view, views, &fleet, &mut ledger, &mut failures, now);
+    let avoid = failures.avoided(now);
+    let mut gpus = BTreeMap::new();
+    for a in &outcome.actions {
+        if let Action::CreateGated { pod, .. } = a {
+            gpus.insert(
+                pod.clone(),
+                provisional_gpus(&view, pod, &fleet, &ledger, &avoid),
+            );
+        }
+    }
+    Ok((outcome, gpus))
+}
+
+/// The GPU count a new pod is created with. A pod's resources cannot change, so this is the
+/// tensor parallel size the planner would choose right now; if the placement at release
+/// differs, the still-gated pod is re-created (see `apply::steps`). Without a placement, the
+/// smallest allowed size.
+pub fn provisional_gpus(
+    dep: &DeploymentView,
+    pod: &str,
+    fleet: &Fleet,
+    ledger: &Ledger,
+    avoid: &[(String, String)],
+) -> u32 {
+    let smallest = dep
+        .spec
+        .tensor_parallel
+        .sizes
+        .iter()
+        .copied()
+        .filter(|s| *s > 0)
+        .min()
+        .unwrap_or(1) as u32;
+    let Ok(arch) = dep.arch else { return smallest };
+    let pod_ref = PodRef {
+        namespace: dep.namespace.clone(),
+        name: pod.to_string(),
+    };
+    let mut ledger = ledger.clone();
+    ledger.release(&pod_ref);
+    let req = Request {
+        pod: pod_ref,
+        arch,
+        spec: dep.spec,
+        family: dep.family,
+        avoid,
+    };
+    match plan_replica(fleet, &ledger, &req) {
+        Decision::Placed(p) => p.shape.tensor_parallel_size,
+        Decision::Refused(_) => smallest,
+    }
+}
+
+fn record_metrics(ctx: &Context, dep: &VllmDeployment, outcome: &Outcome) {
+    let m = &ctx.metrics;
+    for a in &outcome.actions {
+        if let Action::Release { .. } = a {
+            m.placements.inc();
+        }
+    }
+    let refused = outcome.status.state.as_deref() == Some("InsufficientGpuMemory");
+    if refused {
+        m.refusals.inc();
+    }
+    for e in &outcome.events {
+        if e.reason == "ArgsReplaced" {
+            m.args_replaced.inc();
+        }
+    }
+    let others = ctx
+        .stores
+        .deployments
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|d| d.metadata.uid != dep.metadata.uid && waiting_for_memory(d))
+        .count();
+    m.queue_length.set((others + usize::from(refused)) as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn long_names_and_bad_headroom_are_invalid() {
+        let text = include_str!("../../tests/fixtures/controller/deployment.yaml");
+        let mut d: VllmDeployment = serde_norway::from_str(text).unwrap();
+        assert_eq!(validate(&d), Ok(()));
+        d.spec.memory.headroom.0 = "lots".into();
+        assert!(validate(&d).unwrap_err().contains("memory.headroom"));
+        d.spec.memory.headroom.0 = "1Gi".into();
+        d.metadata.name = Some("x".repeat(64));
+        assert!(validate(&d).unwrap_err().contains("longer than 63"));
+    }
+}

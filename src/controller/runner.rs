@@ -1,0 +1,306 @@
+//! Runtime wiring of `vllm-operator run`: the CRD check, the metrics server, the caches, leader
+//! election and the kube `Controller`, with graceful shutdown on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::ListParams;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::context::{Context, Guarded, Settings, Stores};
+use super::leader::{self, Elector, LeaderState};
+use super::metrics::{Metrics, router};
+use super::pod::{LABEL_MANAGED_BY, MANAGED_BY};
+use super::reconcile::{error_policy, reconcile};
+use crate::api::{GpuNode, VllmDeployment};
+use crate::model::hub::HubClient;
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// Namespace of the Lease (the controller's own).
+    pub lease_namespace: Option<String>,
+    pub identity: String,
+    pub watch_nodes: bool,
+    pub settings: Settings,
+    pub hub: HubClient,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot connect to the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("CRD {crd} is not installed: kubectl apply -f crds/")]
+    CrdMissing { crd: &'static str },
+    #[error("cannot list {what}: {source}")]
+    CrdCheck {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("lost the leader lease {0}; exiting so that a fresh replica stands by")]
+    LostLease(String),
+}
+
+/// Fail fast, in one line, when a CRD is missing (a list answering 404).
+pub async fn check_crds(client: &Client) -> Result<(), RunError> {
+    let one = ListParams::default().limit(1);
+    let check = |r: Result<(), kube::Error>, crd: &'static str, what: &'static str| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing { crd }),
+        Err(source) => Err(RunError::CrdCheck { what, source }),
+    };
+    let deployments = Api::<VllmDeployment>::all(client.clone())
+        .list_metadata(&one)
+        .await
+        .map(|_| ());
+    check(
+        deployments,
+        "vllmdeployments.vllm-operator.io",
+        "VllmDeployments",
+    )?;
+    let gpunodes = Api::<GpuNode>::all(client.clone())
+        .list_metadata(&one)
+        .await
+        .map(|_| ());
+    check(gpunodes, "gpunodes.vllm-operator.io", "GpuNodes")
+}
+
+/// Deployments not fully admitted, oldest first: the ones a GpuNode change may unblock.
+pub fn not_admitted(store: &Store<Guarded>) -> Vec<ObjectRef<Guarded>> {
+    let mut waiting: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|g| match &g.0 {
+            Ok(d) => !d.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Admitted" && c.status == "True")
+            }),
+            Err(_) => false,
+        })
+        .collect();
+    waiting.sort_by_key(|g| {
+        let m = &g.0.as_ref().map(|d| d.metadata.clone()).unwrap_or_default();
+        (
+            m.creation_timestamp.as_ref().map(|t| t.0),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    });
+    waiting
+        .iter()
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+}
+
+/// A reflector kept up to date in the background.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(stream.for_each(|r| {
+        if let Err(e) = r {
+            warn!(error = %e, "watch failed; retrying");
+        }
+        std::future::ready(())
+    }));
+    store
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.metrics_addr,
+            source,
+        })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let app = router(metrics.clone());
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = server.await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+
+    // Only the leader runs the controller; a standby waits here, ready.
+    let mut lost = None;
+    let mut election = None;
+    if cfg.leader_election {
+        let namespace = cfg
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+        let (state_tx, mut state_rx) = watch::channel(LeaderState::default());
+        let elector = Elector::new(cfg.identity.clone(), leader::LEASE_DURATION);
+        election = Some(tokio::spawn(leader::run(
+            api,
+            cfg.lease_name.clone(),
+            elector,
+            state_tx,
+            stop_rx.clone(),
+        )));
+        let mut stop = stop_rx.clone();
+        loop {
+            let s = *state_rx.borrow_and_update();
+            metrics.leader.store(s.leader, Ordering::Relaxed);
+            metrics.election_healthy.store(s.healthy, Ordering::Relaxed);
+            if s.leader {
+                break;
+            }
+            tokio::select! {
+                r = state_rx.changed() => if r.is_err() { return Ok(()) },
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+        info!(lease = %cfg.lease_name, identity = %cfg.identity, "acquired the leader lease");
+        lost = Some(state_rx);
+    } else {
+        metrics.leader.store(true, Ordering::Relaxed);
+    }
+
+    let stores = Stores {
+        deployments: reflector::store().0,
+        gpunodes: cache(
+            Api::<GpuNode>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        nodes: if cfg.watch_nodes {
+            cache(Api::<Node>::all(client.clone()), watcher::Config::default())
+        } else {
+            reflector::store().0
+        },
+        pods: cache(Api::<Pod>::all(client.clone()), managed()),
+    };
+    // Deciding on half-filled caches would re-create pods that exist.
+    for (what, ready) in [
+        ("GpuNodes", stores.gpunodes.wait_until_ready().await),
+        ("Pods", stores.pods.wait_until_ready().await),
+    ] {
+        if ready.is_err() {
+            warn!(what, "cache writer dropped before it was ready");
+        }
+    }
+    if cfg.watch_nodes {
+        let _ = stores.nodes.wait_until_ready().await;
+    }
+
+    let controller = Controller::new(
+        Api::<Guarded>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let deployments = controller.store();
+    let stores = Stores {
+        deployments: deployments.clone(),
+        ..stores
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        stores,
+        cfg.settings.clone(),
+        metrics.clone(),
+        cfg.hub.clone(),
+    ));
+
+    let mut stop = stop_rx.clone();
+    let lease_name = cfg.lease_name.clone();
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let shutdown = async move {
+        match lost {
+            Some(mut state) => {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = state.wait_for(|s| !s.leader) => { let _ = lost_tx.send(true); }
+                }
+            }
+            None => {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        }
+    };
+    Controller::owns(controller, Api::<Pod>::all(client.clone()), managed())
+        .owns(Api::<Service>::all(client.clone()), managed())
+        .watches(
+            Api::<GpuNode>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| not_admitted(&deployments),
+        )
+        .with_config(controller::Config::default().debounce(Duration::from_secs(1)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!(error = %e, "controller");
+            }
+            std::future::ready(())
+        })
+        .await;
+    if *lost_rx.borrow_and_update() {
+        return Err(RunError::LostLease(lease_name));
+    }
+    // Let the election loop hand the lease back, so a standby takes over at once.
+    if let Some(election) = election {
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,667 @@
+//! The controller's Kubernetes writes, request by request, against kube-rs's tower-test mock:
+//! one named scenario per path through reconcile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use vllm_operator::api::{GpuNode, VllmDeployment};
+use vllm_operator::controller::context::{Context, Error, Settings, Stores};
+use vllm_operator::controller::leader::{self, Elector, LEASE_DURATION};
+use vllm_operator::controller::metrics::Metrics;
+use vllm_operator::controller::pod::{gated_pod, spec_hash};
+use vllm_operator::controller::reconcile::{error_policy, reconcile};
+use vllm_operator::controller::runner::{RunError, check_crds};
+use vllm_operator::model::hub::HubClient;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Send = tower_test::mock::SendResponse<Response<Body>>;
+
+const LAUNCHER: &str = "ghcr.io/vllm-operator/vllm-node-agent:0.1.0";
+const APPLY: &str = "application/apply-patch+yaml";
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/controller/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn deployment() -> VllmDeployment {
+    let mut d: VllmDeployment = serde_norway::from_str(&fixture("deployment.yaml")).unwrap();
+    d.metadata.uid = Some("dep-uid".into());
+    d
+}
+
+/// The GpuNodes and Nodes of the fleet fixture.
+fn fleet() -> (Vec<GpuNode>, Vec<Node>) {
+    let list: Value = serde_norway::from_str(&fixture("fleet.yaml")).unwrap();
+    let items = list["items"].as_array().unwrap();
+    let of = |kind: &str| {
+        items
+            .iter()
+            .filter(|i| i["kind"] == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    (
+        serde_json::from_value(Value::Array(of("GpuNode"))).unwrap(),
+        serde_json::from_value(Value::Array(of("Node"))).unwrap(),
+    )
+}
+
+fn now() -> Timestamp {
+    "2026-11-26T12:00:10Z".parse().unwrap()
+}
+
+fn context(client: kube::Client, pods: Vec<Pod>) -> Arc<Context> {
+    let (gpunodes, nodes) = fleet();
+    let stores = Stores::from_objects(vec![deployment()], gpunodes, nodes, pods);
+    let settings = Settings {
+        launcher_image: LAUNCHER.into(),
+        stale_after: Duration::from_secs(90),
+        reservation_timeout: Duration::from_secs(300),
+    };
+    let mut ctx = Context::new(
+        client,
+        stores,
+        settings,
+        Arc::new(Metrics::default()),
+        HubClient::default(),
+    );
+    ctx.clock = now;
+    Arc::new(ctx)
+}
+
+fn mock() -> (kube::Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+/// The next request: method, path+query, content type and JSON body.
+async fn next(handle: &mut Handle) -> (http::Method, String, String, Value, Send) {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (method, uri, content_type, body, send)
+}
+
+fn respond(send: Send, code: u16, body: &Value) {
+    let resp = Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    send.send_response(resp);
+}
+
+fn pod_name() -> String {
+    format!("llama-1b-0-{}", spec_hash(&deployment().spec))
+}
+
+/// A pod as the cache would hold it: created gated with `gpus` GPUs.
+fn cached_gated_pod(gpus: u32) -> Pod {
+    let mut pod = gated_pod(
+        &deployment(),
+        0,
+        &spec_hash(&deployment().spec),
+        gpus,
+        LAUNCHER,
+    )
+    .unwrap();
+    pod.metadata.uid = Some("pod-uid".into());
+    pod.metadata.resource_version = Some("7".into());
+    pod
+}
+
+async fn expect_service_apply(handle: &mut Handle) {
+    let (method, uri, ct, body, send) = next(handle).await;
+    assert_eq!(method, http::Method::PATCH);
+    assert_eq!(
+        uri,
+        "/api/v1/namespaces/serving/services/llama-1b?&force=true&fieldManager=vllm-operator"
+    );
+    assert_eq!(ct, APPLY);
+    respond(send, 200, &body);
+}
+
+async fn expect_status_apply(handle: &mut Handle) -> Value {
+    let (method, uri, ct, body, send) = next(handle).await;
+    assert_eq!(method, http::Method::PATCH);
+    assert_eq!(
+        uri,
+        "/apis/vllm-operator.io/v1alpha1/namespaces/serving/vllmdeployments/llama-1b/status?&force=true&fieldManager=vllm-operator"
+    );
+    assert_eq!(ct, APPLY);
+    let mut echo = serde_json::to_value(deployment()).unwrap();
+    echo["status"] = body["status"].clone();
+    respond(send, 200, &echo);
+    body
+}
+
+async fn expect_event(handle: &mut Handle, reason: &str) -> Value {
+    let (method, uri, _, body, send) = next(handle).await;
+    assert_eq!(method, http::Method::POST);
+    assert_eq!(uri, "/apis/events.k8s.io/v1/namespaces/serving/events?");
+    assert_eq!(body["reason"], reason, "{body}");
+    assert_eq!(body["regarding"]["kind"], "VllmDeployment");
+    assert_eq!(body["regarding"]["name"], "llama-1b");
+    assert_eq!(body["reportingController"], "vllm-operator");
+    respond(send, 201, &body);
+    body
+}
+
+#[tokio::test]
+async fn scenario_new_replica_is_created_gated_by_server_side_apply() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![]);
+    let server = tokio::spawn(async move {
+        let (method, uri, ct, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert_eq!(
+            uri,
+            format!(
+                "/api/v1/namespaces/serving/pods/{}?&force=true&fieldManager=vllm-operator",
+                pod_name()
+            )
+        );
+        assert_eq!(ct, APPLY);
+        assert_eq!(body["apiVersion"], "v1");
+        assert_eq!(body["kind"], "Pod");
+        assert_eq!(body["metadata"]["name"], pod_name());
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "dep-uid");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(body["metadata"]["labels"]["vllm-operator.io/replica"], "0");
+        assert_eq!(
+            body["spec"]["schedulingGates"],
+            json!([{"name": "vllm-operator.io/placement"}])
+        );
+        // The planner fits the 1B model on one GPU: the pod is sized for it at creation.
+        assert_eq!(
+            body["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            "1"
+        );
+        assert!(body["spec"].get("nodeName").is_none());
+        assert!(body["spec"].get("affinity").is_none());
+        respond(send, 201, &body);
+
+        expect_service_apply(&mut handle).await;
+        let status = expect_status_apply(&mut handle).await;
+        assert_eq!(status["status"]["placements"][0]["pod"], pod_name());
+        assert_eq!(
+            status["status"]["placements"][0]["reason"],
+            "created; waiting for a placement"
+        );
+    });
+    let action = reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(1)]);
+    let server = tokio::spawn(async move {
+        let (method, uri, ct, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PUT);
+        assert_eq!(
+            uri,
+            format!(
+                "/api/v1/namespaces/serving/pods/{}?&fieldManager=vllm-operator",
+                pod_name()
+            )
+        );
+        assert_eq!(ct, "application/json");
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "guarded by the cached version"
+        );
+        assert_eq!(
+            body["spec"]["schedulingGates"],
+            json!([]),
+            "the placement gate is removed"
+        );
+        assert!(body["spec"].get("nodeName").is_none(), "never nodeName");
+        assert_eq!(
+            body["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            json!({"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a100-a"]}
+            ]}]})
+        );
+        let annotations = &body["metadata"]["annotations"];
+        let placement: Value =
+            serde_json::from_str(annotations["vllm-operator.io/placement"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(placement["node"], "a100-a");
+        assert_eq!(placement["tensorParallelSize"], 1);
+        let plan: Value = serde_json::from_str(
+            annotations["vllm-operator.io/launch-plan"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(plan["required_bytes"].as_u64().unwrap() > 0, "{plan}");
+        let args: Vec<String> =
+            serde_json::from_str(annotations["vllm-operator.io/args"].as_str().unwrap()).unwrap();
+        assert_eq!(args[..2], ["--tensor-parallel-size", "1"]);
+        assert!(args.contains(&"--enable-prefix-caching".to_string()));
+        // The user's --gpu-memory-utilization is replaced by the planned one, not repeated.
+        let flag = args
+            .iter()
+            .position(|a| a == "--gpu-memory-utilization")
+            .unwrap();
+        assert_eq!(
+            args.iter()
+                .filter(|a| *a == "--gpu-memory-utilization")
+                .count(),
+            1,
+            "{args:?}"
+        );
+        assert_eq!(
+            args[flag + 1],
+            format!("{:.2}", placement["gpuMemoryUtilization"].as_f64().unwrap())
+        );
+        // Immutable fields are sent back unchanged.
+        assert_eq!(
+            body["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            "1"
+        );
+        respond(send, 200, &body);
+
+        expect_service_apply(&mut handle).await;
+        let status = expect_status_apply(&mut handle).await;
+        assert_eq!(status["status"]["placements"][0]["node"], "a100-a");
+        expect_event(&mut handle, "ArgsReplaced").await;
+        expect_event(&mut handle, "Placed").await;
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_gated_pod_sized_for_another_tp_is_deleted_with_its_uid() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(2)]);
+    let server = tokio::spawn(async move {
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            format!("/api/v1/namespaces/serving/pods/{}?", pod_name())
+        );
+        assert_eq!(body["preconditions"]["uid"], "pod-uid");
+        respond(
+            send,
+            200,
+            &serde_json::to_value(cached_gated_pod(2)).unwrap(),
+        );
+        let event = expect_event(&mut handle, "Resized").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("created for 2 GPU(s), placed with tensor parallel size 1")
+        );
+        expect_service_apply(&mut handle).await;
+        expect_status_apply(&mut handle).await;
+        expect_event(&mut handle, "ArgsReplaced").await;
+        expect_event(&mut handle, "Placed").await;
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_launcher_refusal_deletes_the_pod_and_creates_a_fresh_one() {
+    let mut failed = cached_gated_pod(1);
+    failed.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+    failed.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": "vllm", "ready": false, "restartCount": 0, "image": "vllm", "imageID": "",
+                "state": {"terminated": {"exitCode": 75, "message":
+                    "vllm-operator: insufficient-gpu-memory: GPU 0 (GPU-a100-0000) needs 9 bytes free (0.00 GiB), has 1 bytes free (0.00 GiB)"}}
+            }]
+        }))
+        .unwrap(),
+    );
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![failed]);
+    let server = tokio::spawn(async move {
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            format!("/api/v1/namespaces/serving/pods/{}?", pod_name())
+        );
+        assert_eq!(body["preconditions"]["uid"], "pod-uid");
+        respond(
+            send,
+            200,
+            &serde_json::to_value(cached_gated_pod(1)).unwrap(),
+        );
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(uri.starts_with(&format!("/api/v1/namespaces/serving/pods/{}?", pod_name())));
+        assert_eq!(
+            body["spec"]["schedulingGates"][0]["name"],
+            "vllm-operator.io/placement"
+        );
+        respond(send, 201, &body);
+        expect_service_apply(&mut handle).await;
+        expect_status_apply(&mut handle).await;
+        let event = expect_event(&mut handle, "LauncherRefused").await;
+        assert_eq!(event["type"], "Warning");
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_status_is_applied_to_the_status_subresource_with_kstatus_conditions() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(1)]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, send) = next(&mut handle).await; // the release
+        respond(send, 200, &body);
+        expect_service_apply(&mut handle).await;
+        let body = expect_status_apply(&mut handle).await;
+        assert_eq!(body["apiVersion"], "vllm-operator.io/v1alpha1");
+        assert_eq!(body["kind"], "VllmDeployment");
+        assert!(body.get("spec").is_none(), "status only");
+        let status = &body["status"];
+        assert_eq!(status["observedGeneration"], 3);
+        let condition = |t: &str| {
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(condition("Admitted")["status"], "True");
+        assert_eq!(condition("Admitted")["reason"], "Placed");
+        assert_eq!(condition("Ready")["status"], "False");
+        assert_eq!(condition("Reconciling")["status"], "True");
+        assert_eq!(condition("Stalled")["status"], "False");
+        assert_eq!(
+            condition("Ready")["lastTransitionTime"],
+            "2026-11-26T12:00:10Z"
+        );
+        assert_eq!(condition("Ready")["observedGeneration"], 3);
+        assert_eq!(status["ready"], "0/1");
+        assert_eq!(status["tensorParallel"], "1");
+        assert_eq!(status["state"], "Progressing");
+        expect_event(&mut handle, "ArgsReplaced").await;
+        expect_event(&mut handle, "Placed").await;
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_service_selects_the_deployments_pods_on_its_port() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(1)]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, send) = next(&mut handle).await; // the release
+        respond(send, 200, &body);
+        let (method, uri, ct, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/serving/services/llama-1b?&force=true&fieldManager=vllm-operator"
+        );
+        assert_eq!(ct, APPLY);
+        assert_eq!(body["apiVersion"], "v1");
+        assert_eq!(body["kind"], "Service");
+        assert_eq!(
+            body["metadata"]["ownerReferences"][0]["kind"],
+            "VllmDeployment"
+        );
+        assert_eq!(
+            body["spec"],
+            json!({
+                "type": "ClusterIP",
+                "publishNotReadyAddresses": false,
+                "selector": {
+                    "app.kubernetes.io/instance": "llama-1b",
+                    "app.kubernetes.io/managed-by": "vllm-operator",
+                    "app.kubernetes.io/name": "vllm"
+                },
+                "ports": [{"name": "http", "port": 8000, "protocol": "TCP", "targetPort": "http"}]
+            })
+        );
+        respond(send, 200, &body);
+        expect_status_apply(&mut handle).await;
+        expect_event(&mut handle, "ArgsReplaced").await;
+        expect_event(&mut handle, "Placed").await;
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_malformed_object_gets_an_event_and_waits_for_a_change() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![]);
+    let invalid = InvalidObject {
+        error: "spec.replicas: invalid type: string \"two\", expected i32".into(),
+        metadata: deployment().metadata,
+    };
+    let server = tokio::spawn(async move {
+        let body = expect_event(&mut handle, "InvalidSpec").await;
+        assert_eq!(body["type"], "Warning");
+        assert!(body["note"].as_str().unwrap().contains("expected i32"));
+    });
+    let obj = Arc::new(DeserializeGuard::<VllmDeployment>(Err(invalid)));
+    let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidObject(_)));
+    assert_eq!(error_policy(obj, &err, ctx), Action::await_change());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_missing_crd_fails_fast_with_one_line() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(
+            uri,
+            "/apis/vllm-operator.io/v1alpha1/vllmdeployments?&limit=1"
+        );
+        respond(
+            send,
+            404,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}),
+        );
+    });
+    let err = check_crds(&client).await.unwrap_err();
+    assert!(matches!(err, RunError::CrdMissing { .. }));
+    assert_eq!(
+        err.to_string(),
+        "CRD vllmdeployments.vllm-operator.io is not installed: kubectl apply -f crds/"
+    );
+    server.await.unwrap();
+}
+
+fn lease(holder: &str, resource_version: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "vllm-operator-leader", "namespace": "ops", "resourceVersion": resource_version},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "renewTime": "2026-11-26T12:00:05.000000Z", "leaseTransitions": 0}
+    })
+}
+
+const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+#[tokio::test]
+async fn scenario_lease_is_created_when_absent() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(uri, format!("{LEASE_PATH}/vllm-operator-leader"));
+        respond(
+            send,
+            404,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+        );
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::POST);
+        assert_eq!(uri, format!("{LEASE_PATH}?"));
+        assert_eq!(body["metadata"]["name"], "vllm-operator-leader");
+        assert_eq!(body["spec"]["holderIdentity"], "controller-a");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(body["spec"]["renewTime"], "2026-11-26T12:00:10.000000Z");
+        respond(send, 201, &body);
+    });
+    let api = kube::Api::namespaced(client, "ops");
+    let mut elector = Elector::new("controller-a", LEASE_DURATION);
+    assert!(
+        leader::round(&api, "vllm-operator-leader", &mut elector, now())
+            .await
+            .unwrap()
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scenario_lease_renewal_is_guarded_by_resource_version() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (_, _, _, _, send) = next(&mut handle).await;
+        respond(send, 200, &lease("controller-a", "42"));
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PUT);
+        assert_eq!(uri, format!("{LEASE_PATH}/vllm-operator-leader?"));
+        assert_eq!(body["metadata"]["resourceVersion"], "42");
+        assert_eq!(body["spec"]["holderIdentity"], "controller-a");
+        // Another replica wrote first: 409, and this round does not lead.
+        respond(
+            send,
+            409,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Conflict","code":409}),
+        );
+    });
+    let api = kube::Api::namespaced(client, "ops");
+    let mut elector = Elector::new("controller-a", LEASE_DURATION);
+    assert!(
+        !leader::round(&api, "vllm-operator-leader", &mut elector, now())
+            .await
+            .unwrap()
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scenario_live_lease_of_another_replica_is_left_alone() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (_, _, _, _, send) = next(&mut handle).await;
+        respond(send, 200, &lease("controller-b", "42"));
+        assert!(handle.next_request().await.is_none(), "no write");
+    });
+    let api = kube::Api::namespaced(client, "ops");
+    let mut elector = Elector::new("controller-a", LEASE_DURATION);
+    assert!(
+        !leader::round(&api, "vllm-operator-leader", &mut elector, now())
+            .await
+            .unwrap()
+    );
+    drop(api);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scenario_config_map_not_created_yet_is_retried_with_backoff() {
+    let mut dep = deployment();
+    dep.spec.model.config_map_ref = Some(vllm_operator::api::ConfigMapKeyRef {
+        name: "llama-config".into(),
+        key: "config.json".into(),
+    });
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![]);
+    let server = tokio::spawn(async move {
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(uri, "/api/v1/namespaces/serving/configmaps/llama-config");
+        respond(
+            send,
+            404,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+        );
+    });
+    let obj = Arc::new(DeserializeGuard(Ok(dep)));
+    let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.stage(), "ResolveModel");
+    assert!(
+        err.to_string().contains("ConfigMap serving/llama-config"),
+        "{err}"
+    );
+    assert_eq!(
+        error_policy(obj.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(obj, &err, ctx),
+        Action::requeue(Duration::from_secs(10))
+    );
+    server.await.unwrap();
+}
