@@ -122,25 +122,31 @@ pub fn candidate_shapes(
 }
 
 /// GPUs of one product/size/capability share an estimate.
-type ClassKey = (String, u64, Option<(u32, u32)>);
+type ClassKey<'g> = (&'g str, u64, Option<(u32, u32)>);
 
-/// Estimates per (shape, GPU class), computed on first use.
-struct EstimateCache<'a> {
-    arch: &'a Architecture,
-    map: HashMap<(usize, ClassKey), Result<Estimate, InvalidShape>>,
+fn class_key(gpu: &Gpu) -> ClassKey<'_> {
+    (
+        gpu.product.as_str(),
+        gpu.total_bytes,
+        gpu.compute_capability,
+    )
 }
 
-impl<'a> EstimateCache<'a> {
+/// Estimates per (shape, GPU class), computed on first use. Keys borrow the fleet's product
+/// names: no allocation per lookup in the per-GPU loop.
+struct EstimateCache<'a, 'g> {
+    arch: &'a Architecture,
+    map: HashMap<(usize, ClassKey<'g>), Result<Estimate, InvalidShape>>,
+}
+
+impl<'a, 'g> EstimateCache<'a, 'g> {
     fn get(
         &mut self,
         shape_index: usize,
         shape: &Shape,
-        gpu: &Gpu,
+        gpu: &'g Gpu,
     ) -> &Result<Estimate, InvalidShape> {
-        let key = (
-            shape_index,
-            (gpu.product.clone(), gpu.total_bytes, gpu.compute_capability),
-        );
+        let key = (shape_index, class_key(gpu));
         let arch = self.arch;
         self.map.entry(key).or_insert_with(|| {
             let facts = GpuFacts {
@@ -253,6 +259,13 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         .as_deref()
         .and_then(fleet::parse_compute_capability);
     let shared = spec.gpu.sharing == Sharing::Shared;
+    // One pass over the ledger, not one per node: the per-node sums are what the loop needs.
+    let mut reserved: HashMap<&str, (u32, u64)> = HashMap::new();
+    for r in ledger.iter() {
+        let e = reserved.entry(r.node.as_str()).or_default();
+        e.0 += r.gpus;
+        e.1 += r.shared_bytes;
+    }
 
     // Node eligibility and usable GPUs do not depend on the shape.
     let mut eligible: Vec<(&FleetNode, Vec<&Gpu>, u32, u64)> = Vec::new();
@@ -272,8 +285,12 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         }
         let mut count = usable.len() as u32;
         let shared_node = shared || node.sharing == Sharing::Shared;
+        let (reserved_gpus, reserved_shared_bytes) = reserved
+            .get(node.name.as_str())
+            .copied()
+            .unwrap_or_default();
         if !shared_node {
-            count = count.saturating_sub(ledger.reserved_gpus(&node.name));
+            count = count.saturating_sub(reserved_gpus);
             if let Some(alloc) = node.allocatable_gpus {
                 let allocated = node
                     .gpus
@@ -283,12 +300,12 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                 count = count.min(
                     alloc
                         .saturating_sub(allocated)
-                        .saturating_sub(ledger.reserved_gpus(&node.name)),
+                        .saturating_sub(reserved_gpus),
                 );
             }
         }
         let reserved_bytes = if shared_node {
-            ledger.reserved_shared_bytes(&node.name)
+            reserved_shared_bytes
         } else {
             0
         };
@@ -308,7 +325,13 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
             // let the worst decide. All candidates share one estimate when they are one class.
             let mut est: Option<Estimate> = None;
             let mut invalid = None;
+            let mut prev_class = None;
             for g in usable.iter() {
+                // Nodes are mostly one GPU class: look each class up once.
+                if prev_class == Some(class_key(g)) {
+                    continue;
+                }
+                prev_class = Some(class_key(g));
                 match cache.get(si, shape, g) {
                     Ok(e) => {
                         if est
