@@ -20,7 +20,7 @@ use super::model_source::{ModelResolver, Unavailable};
 use super::pod::BuildError;
 use crate::api::{GpuNode, VllmDeployment};
 use crate::model::hub::HubClient;
-use crate::plan::Ledger;
+use crate::plan::{Fleet, Ledger};
 
 pub type Guarded = DeserializeGuard<VllmDeployment>;
 
@@ -133,6 +133,10 @@ pub struct Context {
     /// Consecutive transient failures per deployment, for the requeue backoff.
     pub retries: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
     pub clock: fn() -> Timestamp,
+    /// The fleet built from the GpuNode and Node caches, reused while the caches hold the same
+    /// object versions (for up to a second, since staleness depends on the clock): building it
+    /// from 5,000 GpuNodes takes about 20 ms, too much for every reconcile.
+    pub fleet: Mutex<Option<(std::time::Instant, u64, Arc<Fleet>)>>,
 }
 
 pub const REPORTER: &str = "vllm-operator";
@@ -160,6 +164,41 @@ impl Context {
             settings,
             retries: Mutex::new(HashMap::new()),
             clock: Timestamp::now,
+            fleet: Mutex::new(None),
         }
     }
+
+    /// The fleet as the caches hold it now.
+    pub fn fleet(&self, now: Timestamp) -> Arc<Fleet> {
+        use std::hash::{Hash, Hasher};
+        let gpunodes = self.stores.gpunodes.state();
+        let nodes = self.stores.nodes.state();
+        // Which object versions the caches hold: a change of any invalidates the snapshot.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for g in &gpunodes {
+            (&g.metadata.name, &g.metadata.resource_version).hash(&mut h);
+        }
+        for n in &nodes {
+            (&n.metadata.name, &n.metadata.resource_version).hash(&mut h);
+        }
+        let versions = h.finish();
+        let mut cache = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built, seen, fleet)) = cache.as_ref()
+            && *seen == versions
+            && built.elapsed() < FLEET_REUSE
+        {
+            return fleet.clone();
+        }
+        let fleet = Arc::new(Fleet::from_refs(
+            gpunodes.iter().map(|g| g.as_ref()),
+            nodes.iter().map(|n| n.as_ref()),
+            now,
+            self.settings.stale_after,
+        ));
+        *cache = Some((std::time::Instant::now(), versions, fleet.clone()));
+        fleet
+    }
 }
+
+/// How long one fleet snapshot serves reconciles; the agents themselves poll once a second.
+pub const FLEET_REUSE: std::time::Duration = std::time::Duration::from_secs(1);

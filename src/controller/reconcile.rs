@@ -203,21 +203,7 @@ fn decide_under_lock(
     queued_behind: Vec<String>,
     now: Timestamp,
 ) -> Result<(Outcome, BTreeMap<String, u32>), Error> {
-    let gpunodes: Vec<_> = ctx
-        .stores
-        .gpunodes
-        .state()
-        .iter()
-        .map(|g| g.as_ref().clone())
-        .collect();
-    let nodes: Vec<_> = ctx
-        .stores
-        .nodes
-        .state()
-        .iter()
-        .map(|n| n.as_ref().clone())
-        .collect();
-    let fleet = Fleet::from_objects(&gpunodes, &nodes, now, ctx.settings.stale_after);
+    let fleet = ctx.fleet(now);
     let spec_hash = pod::spec_hash(&dep.spec);
     let view = DeploymentView {
         name: dep.metadata.name.clone().unwrap_or_default(),

@@ -75,12 +75,21 @@ impl Fleet {
         now: Timestamp,
         stale_after: Duration,
     ) -> Fleet {
+        Self::from_refs(gpunodes.iter(), nodes.iter(), now, stale_after)
+    }
+
+    /// As [`Fleet::from_objects`], over borrowed objects (a reflector store's `Arc`s), so the
+    /// caller need not clone thousands of GpuNodes.
+    pub fn from_refs<'a>(
+        gpunodes: impl Iterator<Item = &'a GpuNode>,
+        nodes: impl Iterator<Item = &'a Node>,
+        now: Timestamp,
+        stale_after: Duration,
+    ) -> Fleet {
         let by_name: BTreeMap<&str, &Node> = nodes
-            .iter()
             .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
             .collect();
         let mut out: Vec<FleetNode> = gpunodes
-            .iter()
             .filter_map(|g| {
                 let name = g.metadata.name.clone()?;
                 let status = g.status.as_ref();
