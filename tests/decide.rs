@@ -1,0 +1,353 @@
+//! The reconcile decision on its own: scale up and down, rollout one replica at a time (surge
+//! when there is room, delete-first when there is not), failed pods replaced with a reason,
+//! invalid models stalled, admission queue.
+
+use k8s_openapi::jiff::Timestamp;
+use vllm_operator::api::{
+    GpuInfo, GpuMemory, GpuNode, GpuNodeSpec, GpuNodeStatus, PodRef, VllmDeploymentSpec,
+};
+use vllm_operator::controller::decide::{
+    Action, DeploymentView, Outcome, PodPhase, PodView, reconcile,
+};
+use vllm_operator::controller::failures::FailureBook;
+use vllm_operator::model::{Architecture, VllmFamily, catalog};
+use vllm_operator::plan::{Fleet, Ledger};
+
+const NOW: &str = "2026-11-26T12:00:00Z";
+
+fn now() -> Timestamp {
+    NOW.parse().unwrap()
+}
+
+/// One node with `n` idle A100 80GB; GPUs listed in `allocated` belong to `pods`.
+fn fleet(n: u32, allocated: &[(u32, &str)]) -> Fleet {
+    let gpus = (0..n)
+        .map(|i| {
+            let owner = allocated
+                .iter()
+                .find(|(g, _)| *g == i)
+                .map(|(_, p)| PodRef {
+                    namespace: "ml".into(),
+                    name: p.to_string(),
+                });
+            let free = if owner.is_some() {
+                4 << 30
+            } else {
+                84_974_239_744
+            };
+            GpuInfo {
+                index: i,
+                uuid: format!("GPU-0000000{i}-0000-0000-0000-000000000000"),
+                product: "NVIDIA A100-SXM4-80GB".into(),
+                compute_capability: "8.0".into(),
+                memory: GpuMemory {
+                    total_bytes: 85_899_345_920,
+                    free_bytes: free,
+                    used_bytes: 85_899_345_920 - free,
+                    reserved_bytes: 515_899_392,
+                },
+                allocated_to: owner,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut g = GpuNode::new("node-a", GpuNodeSpec {});
+    g.status = Some(GpuNodeStatus {
+        node_name: "node-a".into(),
+        observed_at: NOW.into(),
+        gpus,
+        ..Default::default()
+    });
+    Fleet::from_objects(&[g], &[], now(), std::time::Duration::from_secs(120))
+}
+
+fn spec(replicas: i32) -> VllmDeploymentSpec {
+    let mut s: VllmDeploymentSpec =
+        serde_norway::from_str("model: {name: meta-llama/Llama-3.1-8B-Instruct}\nmaxModelLen: 8192\ntensorParallel: {sizes: [1]}\n").unwrap();
+    s.replicas = replicas;
+    s
+}
+
+fn arch() -> Architecture {
+    catalog::lookup("meta-llama/Llama-3.1-8B-Instruct")
+        .unwrap()
+        .architecture()
+        .unwrap()
+}
+
+fn pod(replica: u32, hash: &str, phase: PodPhase) -> PodView {
+    PodView {
+        name: format!("llm-{replica}-{hash}"),
+        replica,
+        spec_hash: hash.into(),
+        phase,
+        placement: None,
+    }
+}
+
+struct Run {
+    ledger: Ledger,
+    failures: FailureBook,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            ledger: Ledger::default(),
+            failures: FailureBook::default(),
+        }
+    }
+
+    fn decide(
+        &mut self,
+        spec: &VllmDeploymentSpec,
+        arch: Result<&Architecture, String>,
+        hash: &str,
+        pods: &[PodView],
+        fleet: &Fleet,
+    ) -> Outcome {
+        let view = DeploymentView {
+            name: "llm".into(),
+            namespace: "ml".into(),
+            generation: Some(3),
+            spec,
+            arch,
+            family: VllmFamily::V0_11,
+            spec_hash: hash.into(),
+            queued_behind: vec![],
+        };
+        reconcile(
+            &view,
+            pods,
+            fleet,
+            &mut self.ledger,
+            &mut self.failures,
+            now(),
+        )
+    }
+}
+
+fn creates(o: &Outcome) -> Vec<u32> {
+    o.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateGated { replica, .. } => Some(*replica),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deletes(o: &Outcome) -> Vec<String> {
+    o.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { pod, .. } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn releases(o: &Outcome) -> Vec<String> {
+    o.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Release { pod, .. } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cond<'a>(o: &'a Outcome, t: &str) -> (&'a str, &'a str) {
+    let c = o.status.conditions.iter().find(|c| c.type_ == t).unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[test]
+fn scale_up_creates_gated_pods_then_places_them() {
+    let (s, a, f) = (spec(2), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    let o = run.decide(&s, Ok(&a), "h1", &[], &f);
+    assert_eq!(creates(&o), [0, 1]);
+    assert_eq!(cond(&o, "Ready"), ("False", "Progressing"));
+    assert_eq!(o.status.observed_generation, Some(3));
+    let pods = [pod(0, "h1", PodPhase::Gated), pod(1, "h1", PodPhase::Gated)];
+    let o = run.decide(&s, Ok(&a), "h1", &pods, &f);
+    assert_eq!(releases(&o), ["llm-0-h1", "llm-1-h1"]);
+    assert_eq!(run.ledger.len(), 2);
+    assert_eq!(cond(&o, "Admitted"), ("True", "Placed"));
+    assert!(o.events.iter().filter(|e| e.reason == "Placed").count() == 2);
+}
+
+#[test]
+fn scale_down_deletes_the_highest_replicas_and_their_reservations() {
+    let (s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    let pods = [pod(0, "h1", PodPhase::Ready), pod(1, "h1", PodPhase::Ready)];
+    let o = run.decide(&s, Ok(&a), "h1", &pods, &f);
+    assert_eq!(deletes(&o), ["llm-1-h1"]);
+    assert_eq!(o.status.ready.as_deref(), Some("1/1"));
+    assert_eq!(cond(&o, "Ready"), ("True", "Ready"));
+}
+
+#[test]
+fn rollout_replaces_one_replica_at_a_time_with_surge_when_there_is_room() {
+    let (s, a) = (spec(2), arch());
+    // Old pods hold GPUs 0 and 1; GPUs 2 and 3 are free: room to surge.
+    let f = fleet(4, &[(0, "llm-0-old"), (1, "llm-1-old")]);
+    let mut run = Run::new();
+    let old = [
+        pod(0, "old", PodPhase::Ready),
+        pod(1, "old", PodPhase::Ready),
+    ];
+    let o = run.decide(&s, Ok(&a), "new", &old, &f);
+    assert_eq!(creates(&o), [0], "one replica at a time");
+    assert!(deletes(&o).is_empty(), "the old pods keep serving");
+    assert_eq!(o.status.ready_replicas, 2);
+
+    let mut pods = old.to_vec();
+    pods.push(pod(0, "new", PodPhase::Gated));
+    let o = run.decide(&s, Ok(&a), "new", &pods, &f);
+    assert_eq!(releases(&o), ["llm-0-new"], "placed beside the old pod");
+    assert!(deletes(&o).is_empty());
+
+    pods[2].phase = PodPhase::Ready;
+    let o = run.decide(&s, Ok(&a), "new", &pods, &f);
+    assert_eq!(
+        deletes(&o),
+        ["llm-0-old"],
+        "the replaced pod goes once the new one is ready"
+    );
+    assert_eq!(creates(&o), [1], "and the next replica starts");
+}
+
+#[test]
+fn rollout_without_room_deletes_the_old_pod_first() {
+    let (s, a) = (spec(1), arch());
+    let f = fleet(1, &[(0, "llm-0-old")]);
+    let mut run = Run::new();
+    let pods = [
+        pod(0, "old", PodPhase::Ready),
+        pod(0, "new", PodPhase::Gated),
+    ];
+    let o = run.decide(&s, Ok(&a), "new", &pods, &f);
+    assert_eq!(deletes(&o), ["llm-0-old"]);
+    assert!(
+        releases(&o).is_empty(),
+        "waits for the agent to report the memory free"
+    );
+    assert_eq!(cond(&o, "Admitted").1, "InsufficientGpuMemory");
+}
+
+#[test]
+fn a_launcher_refusal_replaces_the_pod_and_two_back_off_from_the_gpu() {
+    let (s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    let refusal = "vllm-operator: insufficient-gpu-memory: GPU 0 (GPU-00000000-0000-0000-0000-000000000000) needs 80000000000 bytes free (74.51 GiB), has 4294967296 bytes free (4.00 GiB)";
+    let mut failed = pod(
+        0,
+        "h1",
+        PodPhase::Failed {
+            message: refusal.into(),
+        },
+    );
+    failed.placement = Some(vllm_operator::api::Placement {
+        pod: failed.name.clone(),
+        node: Some("node-a".into()),
+        ..Default::default()
+    });
+    let o = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
+    assert_eq!(deletes(&o), ["llm-0-h1"]);
+    assert_eq!(creates(&o), [0]);
+    let e = o
+        .events
+        .iter()
+        .find(|e| e.reason == "LauncherRefused")
+        .unwrap();
+    assert!(
+        e.warning && e.message.contains("insufficient-gpu-memory"),
+        "{}",
+        e.message
+    );
+    assert!(run.failures.avoided(now()).is_empty());
+    let _ = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
+    assert_eq!(
+        run.failures.avoided(now()),
+        [(
+            "node-a".to_string(),
+            "GPU-00000000-0000-0000-0000-000000000000".to_string()
+        )]
+    );
+    // The replacement is placed on the other GPU's candidates only, with the reason.
+    let o = run.decide(&s, Ok(&a), "h1", &[pod(0, "h1", PodPhase::Gated)], &f);
+    let Action::Release {
+        placement, status, ..
+    } = &o.actions[0]
+    else {
+        panic!("{:?}", o.actions)
+    };
+    assert_eq!(placement.gpus, [1]);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("re-planned after the launcher refused"),
+        "{:?}",
+        status.reason
+    );
+}
+
+#[test]
+fn an_unknown_model_stalls_without_touching_pods() {
+    let (s, f) = (spec(1), fleet(1, &[]));
+    let mut run = Run::new();
+    let o = run.decide(
+        &s,
+        Err("model x is not in the built-in catalog".into()),
+        "h1",
+        &[pod(0, "h1", PodPhase::Ready)],
+        &f,
+    );
+    assert!(o.actions.is_empty());
+    assert_eq!(cond(&o, "Stalled"), ("True", "InvalidModel"));
+    assert_eq!(o.status.state.as_deref(), Some("InvalidModel"));
+}
+
+#[test]
+fn a_deployment_queued_behind_an_older_one_does_not_plan() {
+    let (s, a, f) = (spec(1), arch(), fleet(1, &[]));
+    let mut ledger = Ledger::default();
+    let mut failures = FailureBook::default();
+    let view = DeploymentView {
+        name: "young".into(),
+        namespace: "ml".into(),
+        generation: Some(1),
+        spec: &s,
+        arch: Ok(&a),
+        family: VllmFamily::V0_11,
+        spec_hash: "h".into(),
+        queued_behind: vec!["ml/old".into()],
+    };
+    let pods = [PodView {
+        name: "young-0-h".into(),
+        replica: 0,
+        spec_hash: "h".into(),
+        phase: PodPhase::Gated,
+        placement: None,
+    }];
+    let o = reconcile(&view, &pods, &f, &mut ledger, &mut failures, now());
+    assert!(o.actions.is_empty());
+    assert!(ledger.is_empty());
+    let c = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap();
+    assert!(
+        c.message
+            .contains("queued behind older deployments waiting for GPU memory: ml/old"),
+        "{}",
+        c.message
+    );
+}
