@@ -97,8 +97,10 @@ pub fn bounds(gpu: GpuMemoryView, plan: &LaunchPlan) -> Bounds {
     let available = after_overhead.saturating_sub(plan.headroom_bytes);
     let cap_pct =
         (plan.max_utilization.clamp(0.0, 1.0) * UTILIZATION_STEPS as f64 + 1e-9).floor() as u64;
-    let mut max_pct =
-        (((available as u128 * UTILIZATION_STEPS as u128) / total as u128) as u64).min(cap_pct);
+    // u64 is exact here: byte counts below 2^57 (128 PiB) times 100 do not overflow, and
+    // larger ones saturate to a utilization that the startup check below corrects. This runs
+    // for every candidate GPU of every node, so it avoids u128 division.
+    let mut max_pct = (available.saturating_mul(UTILIZATION_STEPS) / total).min(cap_pct);
     // Guard against float rounding in vLLM's own `ceil(total * u)`.
     while max_pct > 0
         && !passes_startup_check(
@@ -110,13 +112,11 @@ pub fn bounds(gpu: GpuMemoryView, plan: &LaunchPlan) -> Bounds {
         max_pct -= 1;
     }
     let need = plan.required_bytes.saturating_add(plan.min_kv_bytes);
-    let min_pct = (need as u128 * UTILIZATION_STEPS as u128)
-        .div_ceil(cuda_total as u128)
+    let min_pct = need
+        .saturating_mul(UTILIZATION_STEPS)
+        .div_ceil(cuda_total)
         .max(1);
-    Bounds {
-        min_pct: min_pct.min(u64::MAX as u128) as u64,
-        max_pct,
-    }
+    Bounds { min_pct, max_pct }
 }
 
 /// Choose the utilization for one GPU.

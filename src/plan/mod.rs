@@ -229,11 +229,12 @@ fn usable_gpus<'n>(
 }
 
 /// One node's best fit for one shape.
-struct NodeFit {
+struct NodeFit<'f, 'u> {
     fit: Fit,
     /// Free bytes left on the limiting GPU after the replica's request: best-fit key for Pack.
     leftover_bytes: u64,
-    gpus: Vec<u32>,
+    /// The candidate GPUs (indices are only collected for the chosen node).
+    usable: &'u [&'f Gpu],
     estimate: Estimate,
     plan: LaunchPlan,
 }
@@ -271,16 +272,16 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
     let mut eligible: Vec<(&FleetNode, Vec<&Gpu>, u32, u64)> = Vec::new();
     for node in &fleet.nodes {
         if let Some(why) = &node.ineligible {
-            rejections.node(&node.name, why.clone());
+            rejections.node(node.name.as_str(), why.clone());
             continue;
         }
         if let Err(why) = node_selected(node, spec) {
-            rejections.node(&node.name, why);
+            rejections.node(node.name.as_str(), why);
             continue;
         }
         let usable = usable_gpus(node, spec, min_cc, req);
         if usable.is_empty() {
-            rejections.no_matching_gpu(&node.name, node.gpus.len());
+            rejections.no_matching_gpu(node.name.as_str(), node.gpus.len());
             continue;
         }
         let mut count = usable.len() as u32;
@@ -318,13 +319,13 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         let mut best: Option<(&FleetNode, NodeFit)> = None;
         for (node, usable, count, reserved_bytes) in &eligible {
             if *count < tp {
-                rejections.too_few_gpus(&node.name, tp, *count);
+                rejections.too_few_gpus(node.name.as_str(), tp, *count);
                 continue;
             }
             // Every candidate GPU could be the one the kubelet hands out: check them all and
             // let the worst decide. All candidates share one estimate when they are one class.
             let mut est: Option<Estimate> = None;
-            let mut invalid = None;
+            let mut invalid = false;
             let mut prev_class = None;
             for g in usable.iter() {
                 // Nodes are mostly one GPU class: look each class up once.
@@ -342,13 +343,13 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                         }
                     }
                     Err(why) => {
-                        invalid = Some(why.clone());
+                        rejections.invalid_shape(si, why);
+                        invalid = true;
                         break;
                     }
                 }
             }
-            if let Some(why) = invalid {
-                rejections.invalid_shape(shape, &why, &node.name);
+            if invalid {
                 continue;
             }
             let Some(est) = est else { continue };
@@ -368,8 +369,8 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
             if let Some(i) = views.iter().position(|v| !est.load_fits(*v)) {
                 let g = usable[i];
                 rejections.memory(
-                    shape,
-                    &node.name,
+                    si,
+                    node.name.as_str(),
                     g,
                     est.weights_load_peak_bytes + est.startup_overhead_bytes,
                     views[i].free_bytes,
@@ -384,7 +385,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                     let nf = NodeFit {
                         fit,
                         leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
-                        gpus: usable.iter().map(|g| g.index).collect(),
+                        usable,
                         estimate: est,
                         plan,
                     };
@@ -404,8 +405,8 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                 }
                 Err((i, short)) => {
                     rejections.memory(
-                        shape,
-                        &node.name,
+                        si,
+                        node.name.as_str(),
                         usable[i],
                         short.needed_free_bytes,
                         short.free_bytes,
@@ -417,7 +418,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
             return Decision::Placed(Box::new(placement(req, shape.clone(), node, nf)));
         }
     }
-    let mut lines = rejections.lines();
+    let mut lines = rejections.lines(&shapes);
     if hints {
         lines.extend(reasons::hints(fleet, ledger, req));
     }
@@ -425,6 +426,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
 }
 
 fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Placement {
+    let gpus: Vec<u32> = nf.usable.iter().map(|g| g.index).collect();
     let per_block = nf.estimate.bytes_per_block().max(1);
     let kv_cache_tokens = nf.fit.kv_cache_bytes / per_block * nf.estimate.block_size;
     let flags = ServeFlags {
@@ -439,7 +441,7 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
         "{} on {} (GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         shape_words(&shape),
         node.name,
-        nf.gpus,
+        gpus,
         nf.fit.utilization(),
         gib(nf.fit.kv_cache_bytes),
         kv_cache_tokens,
@@ -447,7 +449,7 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     );
     Placement {
         node: node.name.clone(),
-        gpus: nf.gpus,
+        gpus,
         shape,
         fit: nf.fit,
         kv_cache_tokens,

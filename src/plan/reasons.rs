@@ -11,33 +11,33 @@ use crate::model::{InvalidShape, Shape};
 /// How many nodes a refusal names before it summarises the rest.
 const MAX_NODE_LINES: usize = 8;
 
-struct MemoryShort {
-    shape: String,
-    gpu: u32,
+/// A node's memory shortfall, kept as plain numbers: text is only made if the replica is
+/// refused, so the per-node cost on the planner's hot path stays a few word copies.
+struct MemoryShort<'f> {
+    shape: usize,
+    gpu: &'f Gpu,
     needed: u64,
     free: u64,
-    foreign: u64,
-    pods: u64,
 }
 
 #[derive(Default)]
-pub(super) struct Rejections {
+pub(super) struct Rejections<'f> {
     /// Node-level reasons (stale, selectors, taints, no matching GPU), by node.
-    node: BTreeMap<String, String>,
+    node: BTreeMap<&'f str, String>,
     /// Per node, the memory shortfall closest to fitting.
-    memory: BTreeMap<String, MemoryShort>,
+    memory: BTreeMap<&'f str, MemoryShort<'f>>,
     /// Per tensor parallel size: the most GPUs any node had, and where.
-    too_few: BTreeMap<u32, (u32, String)>,
-    /// Shapes vLLM cannot run, with the reason.
-    invalid: BTreeMap<String, String>,
+    too_few: BTreeMap<u32, (u32, &'f str)>,
+    /// Shapes vLLM cannot run (by index into the candidate shapes), with the reason.
+    invalid: BTreeMap<usize, InvalidShape>,
 }
 
-impl Rejections {
-    pub(super) fn node(&mut self, node: &str, why: String) {
-        self.node.insert(node.to_string(), why);
+impl<'f> Rejections<'f> {
+    pub(super) fn node(&mut self, node: &'f str, why: String) {
+        self.node.insert(node, why);
     }
 
-    pub(super) fn no_matching_gpu(&mut self, node: &str, gpus: usize) {
+    pub(super) fn no_matching_gpu(&mut self, node: &'f str, gpus: usize) {
         let why = if gpus == 0 {
             "reports no GPUs".to_string()
         } else {
@@ -47,54 +47,62 @@ impl Rejections {
         self.node(node, why);
     }
 
-    pub(super) fn too_few_gpus(&mut self, node: &str, tp: u32, have: u32) {
-        let e = self.too_few.entry(tp).or_insert((have, node.to_string()));
+    pub(super) fn too_few_gpus(&mut self, node: &'f str, tp: u32, have: u32) {
+        let e = self.too_few.entry(tp).or_insert((have, node));
         if have > e.0 {
-            *e = (have, node.to_string());
+            *e = (have, node);
         }
     }
 
-    pub(super) fn invalid_shape(&mut self, shape: &Shape, why: &InvalidShape, _node: &str) {
-        self.invalid
-            .entry(shape_words(shape))
-            .or_insert_with(|| why.0.clone());
+    pub(super) fn invalid_shape(&mut self, shape: usize, why: &InvalidShape) {
+        self.invalid.entry(shape).or_insert_with(|| why.clone());
     }
 
-    pub(super) fn memory(&mut self, shape: &Shape, node: &str, gpu: &Gpu, needed: u64, free: u64) {
-        let pods: u64 = gpu
-            .processes
-            .iter()
-            .filter(|(_, _, p)| p.is_some())
-            .map(|(_, b, _)| *b)
-            .sum();
+    pub(super) fn memory(
+        &mut self,
+        shape: usize,
+        node: &'f str,
+        gpu: &'f Gpu,
+        needed: u64,
+        free: u64,
+    ) {
         let new = MemoryShort {
-            shape: shape_words(shape),
-            gpu: gpu.index,
+            shape,
+            gpu,
             needed,
             free,
-            foreign: gpu.foreign_bytes,
-            pods,
         };
         let short = |m: &MemoryShort| m.needed.saturating_sub(m.free);
         match self.memory.get(node) {
             Some(cur) if short(cur) <= short(&new) => {}
             _ => {
-                self.memory.insert(node.to_string(), new);
+                self.memory.insert(node, new);
             }
         }
     }
 
-    pub(super) fn lines(&self) -> Vec<String> {
+    pub(super) fn lines(&self, shapes: &[Shape]) -> Vec<String> {
         let mut out = Vec::new();
-        let mut mem: Vec<(&String, &MemoryShort)> = self.memory.iter().collect();
-        mem.sort_by_key(|(name, m)| (m.needed.saturating_sub(m.free), name.as_str()));
+        let words = |i: usize| shapes.get(i).map(shape_words).unwrap_or_default();
+        let mut mem: Vec<(&&str, &MemoryShort)> = self.memory.iter().collect();
+        mem.sort_by_key(|(name, m)| (m.needed.saturating_sub(m.free), **name));
         for (name, m) in mem.iter().take(MAX_NODE_LINES) {
+            let pods: u64 = m
+                .gpu
+                .processes
+                .iter()
+                .filter(|(_, _, p)| p.is_some())
+                .map(|(_, b, _)| *b)
+                .sum();
             let mut who = Vec::new();
-            if m.foreign > 0 {
-                who.push(format!("another process uses {:.1} GiB", gib(m.foreign)));
+            if m.gpu.foreign_bytes > 0 {
+                who.push(format!(
+                    "another process uses {:.1} GiB",
+                    gib(m.gpu.foreign_bytes)
+                ));
             }
-            if m.pods > 0 {
-                who.push(format!("pods use {:.1} GiB", gib(m.pods)));
+            if pods > 0 {
+                who.push(format!("pods use {:.1} GiB", gib(pods)));
             }
             let who = if who.is_empty() {
                 String::new()
@@ -103,10 +111,10 @@ impl Rejections {
             };
             out.push(format!(
                 "{name} GPU {}: needs {:.1} GiB free, has {:.1} GiB{who} [{}]",
-                m.gpu,
+                m.gpu.index,
                 gib(m.needed),
                 gib(m.free),
-                m.shape
+                words(m.shape)
             ));
         }
         if mem.len() > MAX_NODE_LINES {
@@ -116,24 +124,20 @@ impl Rejections {
             ));
         }
         // GPU counts only matter for sizes no node could even try.
-        let smallest_tried = self.too_few.keys().next().copied();
-        if let Some(tp) = smallest_tried
-            && self
-                .memory
-                .values()
-                .all(|m| !m.shape.starts_with(&format!("tp {tp},")))
+        if let Some((tp, (have, node))) = self.too_few.iter().next()
+            && self.memory.values().all(|m| {
+                shapes
+                    .get(m.shape)
+                    .is_none_or(|s| s.tensor_parallel_size != *tp)
+            })
         {
-            let (have, node) = &self.too_few[&tp];
             out.push(format!(
                 "no node has {tp} unallocated GPUs (most: {have} on {node})"
             ));
         }
         let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (node, why) in &self.node {
-            by_reason
-                .entry(why.as_str())
-                .or_default()
-                .push(node.as_str());
+            by_reason.entry(why.as_str()).or_default().push(node);
         }
         for (why, nodes) in by_reason {
             let names = if nodes.len() > 3 {
@@ -147,7 +151,11 @@ impl Rejections {
             };
             out.push(format!("{names}: {why}"));
         }
-        for (shape, why) in &self.invalid {
+        let mut invalid: BTreeMap<String, &str> = BTreeMap::new();
+        for (i, why) in &self.invalid {
+            invalid.entry(words(*i)).or_insert(why.0.as_str());
+        }
+        for (shape, why) in invalid {
             out.push(format!("{shape}: {why}"));
         }
         if out.is_empty() {
