@@ -8,6 +8,7 @@ pub mod crdgen;
 pub mod fit;
 pub mod manifest;
 pub mod model;
+pub mod ops;
 pub mod plan;
 pub mod quantity;
 pub mod sim;

@@ -327,7 +327,7 @@ fn run_cmd(lib: &str, args: RunArgs) -> ExitCode {
         let inventory: Arc<dyn GpuInventory> = Arc::new(vllm_node_agent::nvml::LazyNvml::new(lib));
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            shutdown_signal().await;
+            vllm_operator::ops::shutdown_signal().await;
             let _ = tx.send(true);
         });
         run(config, inventory, client, rx)
@@ -339,21 +339,6 @@ fn run_cmd(lib: &str, args: RunArgs) -> ExitCode {
         Err(e) => {
             eprintln!("vllm-node-agent: {e}");
             ExitCode::from(1)
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
         }
     }
 }

@@ -128,10 +128,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
                 (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [("content-type", vllm_operator::ops::OPENMETRICS_CONTENT_TYPE)],
                     m.encode(),
                 )
             }),

@@ -134,10 +134,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
                 (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [("content-type", crate::ops::OPENMETRICS_CONTENT_TYPE)],
                     m.encode(),
                 )
             }),

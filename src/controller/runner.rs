@@ -140,21 +140,6 @@ where
     store
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Connect)?;
     check_crds(&client).await?;
@@ -167,7 +152,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::ops::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

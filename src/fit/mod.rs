@@ -39,6 +39,16 @@ pub struct GpuMemoryView {
     pub reserved_bytes: u64,
 }
 
+impl From<&crate::api::GpuMemory> for GpuMemoryView {
+    fn from(m: &crate::api::GpuMemory) -> Self {
+        GpuMemoryView {
+            total_bytes: m.total_bytes,
+            free_bytes: m.free_bytes,
+            reserved_bytes: m.reserved_bytes,
+        }
+    }
+}
+
 impl GpuMemoryView {
     /// What CUDA reports as total: NVML total less the driver's reservation.
     pub fn cuda_total_bytes(&self) -> u64 {

@@ -310,14 +310,7 @@ impl World {
             if gpus.len() < tp {
                 continue; // stays Pending until GPUs free up
             }
-            let views: Vec<GpuMemoryView> = gpus
-                .iter()
-                .map(|g| GpuMemoryView {
-                    total_bytes: g.memory.total_bytes,
-                    free_bytes: g.memory.free_bytes,
-                    reserved_bytes: g.memory.reserved_bytes,
-                })
-                .collect();
+            let views: Vec<GpuMemoryView> = gpus.iter().map(|g| (&g.memory).into()).collect();
             let u = match choose_for_gpus(&views, plan) {
                 Ok((fit, _)) => fit.utilization(),
                 Err((at, short)) => {

@@ -64,14 +64,7 @@ pub enum Decision {
 }
 
 pub fn decide(gpus: &[&GpuInfo], plan: &LaunchPlan) -> Decision {
-    let views: Vec<GpuMemoryView> = gpus
-        .iter()
-        .map(|gpu| GpuMemoryView {
-            total_bytes: gpu.memory.total_bytes,
-            free_bytes: gpu.memory.free_bytes,
-            reserved_bytes: gpu.memory.reserved_bytes,
-        })
-        .collect();
+    let views: Vec<GpuMemoryView> = gpus.iter().map(|gpu| (&gpu.memory).into()).collect();
     // The planner's own rule: one utilization for every rank, bounded by the tightest GPU.
     match choose_for_gpus(&views, plan) {
         Ok((fit, limiting)) => Decision::Launch {
