@@ -229,70 +229,49 @@ fn main() {
         rss_mib()
     );
 
-    // Steady state: every replica already runs; a reconcile checks and writes status.
+    // One reconcile decision per deployment, all its replicas in `phase`.
     let mut ledger = Ledger::default();
     let mut failures = FailureBook::default();
-    let mut steady = Vec::with_capacity(DEPLOYMENTS);
-    for (i, d) in deployments.iter().enumerate() {
-        let name = d.metadata.name.clone().unwrap();
-        let views: Vec<PodView> = (0..REPLICAS as u32)
-            .map(|r| PodView {
-                name: format!("{name}-{r}-a1b2c3d4"),
-                replica: r,
+    let mut round = |phase: PodPhase| {
+        let mut took = Vec::with_capacity(DEPLOYMENTS);
+        let mut placed = 0;
+        for (i, d) in deployments.iter().enumerate() {
+            let name = d.metadata.name.clone().unwrap();
+            let views: Vec<PodView> = (0..REPLICAS as u32)
+                .map(|r| PodView {
+                    name: format!("{name}-{r}-a1b2c3d4"),
+                    replica: r,
+                    spec_hash: "a1b2c3d4".into(),
+                    phase: phase.clone(),
+                    placement: None,
+                })
+                .collect();
+            let view = DeploymentView {
+                name,
+                namespace: "serving".into(),
+                generation: Some(1),
+                spec: &d.spec,
+                arch: Ok(&archs[i % archs.len()]),
+                family: VllmFamily::V0_11,
                 spec_hash: "a1b2c3d4".into(),
-                phase: PodPhase::Ready,
-                placement: None,
-            })
-            .collect();
-        let view = DeploymentView {
-            name,
-            namespace: "serving".into(),
-            generation: Some(1),
-            spec: &d.spec,
-            arch: Ok(&archs[i % archs.len()]),
-            family: VllmFamily::V0_11,
-            spec_hash: "a1b2c3d4".into(),
-            queued_behind: vec![],
-        };
-        let s = Instant::now();
-        let out = reconcile(&view, &views, &fleet, &mut ledger, &mut failures, t);
-        steady.push(s.elapsed());
-        assert!(out.actions.is_empty());
-    }
+                queued_behind: vec![],
+            };
+            let s = Instant::now();
+            let out = reconcile(&view, &views, &fleet, &mut ledger, &mut failures, t);
+            took.push(s.elapsed());
+            placed += out
+                .status
+                .placements
+                .iter()
+                .filter(|p| p.node.is_some())
+                .count();
+        }
+        (took, placed)
+    };
+    // Steady state: every replica already runs; a reconcile checks and writes status.
+    let (mut steady, _) = round(PodPhase::Ready);
     // Placement: every replica of every deployment needs a node (gated pods).
-    let mut placing = Vec::with_capacity(DEPLOYMENTS);
-    let mut placed = 0;
-    for (i, d) in deployments.iter().enumerate() {
-        let name = d.metadata.name.clone().unwrap();
-        let views: Vec<PodView> = (0..REPLICAS as u32)
-            .map(|r| PodView {
-                name: format!("{name}-{r}-a1b2c3d4"),
-                replica: r,
-                spec_hash: "a1b2c3d4".into(),
-                phase: PodPhase::Gated,
-                placement: None,
-            })
-            .collect();
-        let view = DeploymentView {
-            name,
-            namespace: "serving".into(),
-            generation: Some(1),
-            spec: &d.spec,
-            arch: Ok(&archs[i % archs.len()]),
-            family: VllmFamily::V0_11,
-            spec_hash: "a1b2c3d4".into(),
-            queued_behind: vec![],
-        };
-        let s = Instant::now();
-        let out = reconcile(&view, &views, &fleet, &mut ledger, &mut failures, t);
-        placing.push(s.elapsed());
-        placed += out
-            .status
-            .placements
-            .iter()
-            .filter(|p| p.node.is_some())
-            .count();
-    }
+    let (mut placing, placed) = round(PodPhase::Gated);
     let stats = |v: &mut Vec<Duration>| {
         v.sort();
         let mean = v.iter().sum::<Duration>() / v.len() as u32;
