@@ -24,14 +24,6 @@ fn build_stub() -> PathBuf {
     out
 }
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 fn main() {
     // SAFETY: single-threaded at this point; the stub reads it in nvmlDeviceGetCount.
     unsafe { std::env::set_var("STUB_NVML_GPU_COUNT", "8") };
@@ -43,7 +35,7 @@ fn main() {
     let mut last = None;
     let mut since = Duration::ZERO;
     let mut writes = 0;
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (cpu0, wall0) = (vllm_node_agent::selfstat::cpu_seconds(), Instant::now());
     for _ in 0..polls {
         let mut gpus = inv.snapshot().expect("snapshot").gpus;
         attribute(&mut gpus, None, &proc_root);
@@ -55,15 +47,8 @@ fn main() {
         }
         since += Duration::from_secs(1);
     }
-    let cpu = cpu_seconds() - cpu0;
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let cpu = vllm_node_agent::selfstat::cpu_seconds() - cpu0;
+    let hwm = vllm_node_agent::selfstat::peak_rss_line();
     println!(
         "poll (8 stub GPUs, attribution, decision, metrics): cpu {:.1} us/poll, wall {:.1} us/poll, {writes} writes over {polls} simulated seconds, {hwm}",
         cpu * 1e6 / polls as f64,

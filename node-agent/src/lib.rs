@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod nvml;
 pub mod podresources;
 pub mod publish;
+pub mod selfstat;

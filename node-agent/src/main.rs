@@ -176,7 +176,7 @@ fn print_table(gpus: &[GpuInfo]) {
 
 /// CPU time per NVML read (user+sys from getrusage-equivalent /proc/self/stat) and VmHWM.
 fn bench(inventory: &NvmlInventory, polls: u32) -> ExitCode {
-    let cpu_before = cpu_seconds();
+    let cpu_before = vllm_node_agent::selfstat::cpu_seconds();
     let started = std::time::Instant::now();
     let mut gpus = 0;
     for _ in 0..polls {
@@ -188,35 +188,14 @@ fn bench(inventory: &NvmlInventory, polls: u32) -> ExitCode {
             }
         }
     }
-    let cpu = cpu_seconds() - cpu_before;
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let cpu = vllm_node_agent::selfstat::cpu_seconds() - cpu_before;
+    let hwm = vllm_node_agent::selfstat::peak_rss_line();
     println!(
         "polls={polls} gpus={gpus} cpu_per_poll_us={:.1} wall_per_poll_us={:.1} {hwm}",
         cpu * 1e6 / polls.max(1) as f64,
         started.elapsed().as_secs_f64() * 1e6 / polls.max(1) as f64
     );
     ExitCode::SUCCESS
-}
-
-/// utime + stime of this process, in seconds (clock ticks at the usual 100 Hz).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn termination(path: &std::path::Path, line: &str) {
