@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod estimate;
 pub mod plan;
+pub mod render;
 pub mod run;
 pub mod simulate;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Estimate(estimate::EstimateArgs),
     /// Place VllmDeployments on a fleet file and print the decisions.
     Plan(plan::PlanArgs),
+    /// Print every object the controller would create or update for VllmDeployments placed
+    /// on a fleet file (Service, released Pods), as one YAML `List` or JSON.
+    Render(render::RenderArgs),
     /// Run the controller's decision loop on an in-memory cluster until it settles.
     Simulate(simulate::SimulateArgs),
 }
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Crd { out_dirs } => crd(&out_dirs),
         Command::Estimate(args) => estimate::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Render(args) => render::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Simulate(args) => simulate::run_command(&args),
     }

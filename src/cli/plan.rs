@@ -13,6 +13,8 @@ use serde_json::json;
 
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
 use crate::api::{GpuNode, PodRef, VllmDeployment};
+use crate::controller::decide::pod_name;
+use crate::controller::pod::spec_hash;
 use crate::manifest::{Object, read_objects};
 use crate::model::resolve::resolve_local;
 use crate::model::{Architecture, VllmFamily};
@@ -162,42 +164,46 @@ pub fn placement_json(p: &Placement) -> serde_json::Value {
     })
 }
 
-pub fn run(args: &PlanArgs) -> ExitCode {
-    let bad = |msg: String| {
-        eprintln!("vllm-operator plan: {msg}");
-        ExitCode::from(EXIT_BAD_INPUT)
-    };
-    let (gpunodes, nodes) = match read_fleet(&args.fleet) {
-        Ok(f) => f,
-        Err(e) => return bad(e),
-    };
-    let deployments = match read_deployments(&args.files) {
-        Ok(d) => d,
-        Err(e) => return bad(e),
-    };
-    let now = match &args.now {
-        Some(t) => match t.parse::<Timestamp>() {
-            Ok(t) => t,
-            Err(e) => return bad(format!("--now {t:?}: {e}")),
-        },
-        None => fleet_time(&gpunodes).unwrap_or_else(Timestamp::now),
-    };
-    let fleet = Fleet::from_objects(
-        &gpunodes,
-        &nodes,
-        now,
-        Duration::from_secs(args.stale_after_seconds),
-    );
+/// One deployment's replicas placed in replica order; placing stops at the first refusal.
+#[derive(Clone, Debug)]
+pub struct DeploymentPlan {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.replicas`.
+    pub want: i32,
+    /// The placed replicas: replica `i` is `replicas[i]`.
+    pub replicas: Vec<Placement>,
+    /// Why the next replica (or the model) was refused; empty when all are placed.
+    pub reasons: Vec<String>,
+}
+
+impl DeploymentPlan {
+    pub fn admitted(&self) -> bool {
+        self.replicas.len() as i32 == self.want.max(0) && self.reasons.is_empty()
+    }
+}
+
+/// The namespace a deployment read from a file lands in: its own, or `default` as kubectl does.
+pub fn namespace_of(d: &VllmDeployment) -> String {
+    d.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Place every replica of `deployments`, in order, against one shared ledger, as `plan` and
+/// `render` print them. Replicas are reserved under the pod names the controller gives them.
+pub fn plan_deployments(
+    deployments: &[VllmDeployment],
+    fleet: &Fleet,
+    now: Timestamp,
+) -> Vec<DeploymentPlan> {
     let mut ledger = Ledger::default();
-    let mut all_placed = true;
     let mut results = Vec::new();
-    for d in &deployments {
+    for d in deployments {
         let name = d.metadata.name.clone().unwrap_or_default();
-        let namespace = d
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(d);
+        let hash = spec_hash(&d.spec);
         let mut replicas = Vec::new();
         let mut reasons = Vec::new();
         match offline_architecture(d) {
@@ -207,7 +213,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                 for i in 0..d.spec.replicas.max(0) {
                     let pod = PodRef {
                         namespace: namespace.clone(),
-                        name: format!("{name}-{i}"),
+                        name: pod_name(&name, i as u32, &hash),
                     };
                     let req = Request {
                         pod: pod.clone(),
@@ -216,13 +222,13 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                         family,
                         avoid: &[],
                     };
-                    match plan_replica(&fleet, &ledger, &req) {
+                    match plan_replica(fleet, &ledger, &req) {
                         Decision::Placed(p) => {
                             if let Some(node) = fleet.node(&p.node) {
                                 let shared = d.spec.gpu.sharing == crate::api::Sharing::Shared;
                                 ledger.reserve(reservation_for(pod, &p, node, shared, now));
                             }
-                            replicas.push(p);
+                            replicas.push(*p);
                         }
                         Decision::Refused(r) => {
                             reasons = r;
@@ -232,35 +238,76 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                 }
             }
         }
-        let admitted = replicas.len() as i32 == d.spec.replicas.max(0) && reasons.is_empty();
-        all_placed &= admitted;
-        results.push((
+        results.push(DeploymentPlan {
             name,
             namespace,
-            admitted,
+            want: d.spec.replicas,
             replicas,
             reasons,
-            d.spec.replicas,
-        ));
+        });
     }
+    results
+}
+
+/// What `plan` and `render` read: the deployments, and the fleet judged at `--now`.
+pub fn load(
+    files: &[PathBuf],
+    fleet_file: &Path,
+    now: Option<&str>,
+    stale_after_seconds: u64,
+) -> Result<(Vec<VllmDeployment>, Fleet, Timestamp), String> {
+    let (gpunodes, nodes) = read_fleet(fleet_file)?;
+    let deployments = read_deployments(files)?;
+    let now = match now {
+        Some(t) => t
+            .parse::<Timestamp>()
+            .map_err(|e| format!("--now {t:?}: {e}"))?,
+        None => fleet_time(&gpunodes).unwrap_or_else(Timestamp::now),
+    };
+    let fleet = Fleet::from_objects(
+        &gpunodes,
+        &nodes,
+        now,
+        Duration::from_secs(stale_after_seconds),
+    );
+    Ok((deployments, fleet, now))
+}
+
+pub fn run(args: &PlanArgs) -> ExitCode {
+    let (deployments, fleet, now) = match load(
+        &args.files,
+        &args.fleet,
+        args.now.as_deref(),
+        args.stale_after_seconds,
+    ) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("vllm-operator plan: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let plans = plan_deployments(&deployments, &fleet, now);
+    let all_placed = plans.iter().all(DeploymentPlan::admitted);
 
     match args.output {
         Output::Json => {
             let out = json!({
-                "deployments": results.iter().map(|(name, ns, admitted, replicas, reasons, _)| json!({
-                    "name": name,
-                    "namespace": ns,
-                    "admitted": admitted,
-                    "replicas": replicas.iter().map(|p| placement_json(p)).collect::<Vec<_>>(),
-                    "reasons": reasons,
+                "deployments": plans.iter().map(|d| json!({
+                    "name": d.name,
+                    "namespace": d.namespace,
+                    "admitted": d.admitted(),
+                    "replicas": d.replicas.iter().map(placement_json).collect::<Vec<_>>(),
+                    "reasons": d.reasons,
                 })).collect::<Vec<_>>()
             });
             super::emit(&format!("{out}\n"));
         }
         Output::Table => {
             let mut out = String::new();
-            for (name, ns, admitted, replicas, reasons, want) in &results {
-                let verdict = if *admitted {
+            for d in &plans {
+                let (name, ns, want, replicas, reasons) =
+                    (&d.name, &d.namespace, d.want, &d.replicas, &d.reasons);
+                let verdict = if d.admitted() {
                     "admitted"
                 } else {
                     "NOT admitted"

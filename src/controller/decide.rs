@@ -91,6 +91,22 @@ pub fn pod_name(deployment: &str, replica: u32, spec_hash: &str) -> String {
     format!("{deployment}-{replica}-{spec_hash}")
 }
 
+/// The status entry (and pod annotation) of a pod released to `p`.
+pub fn placement_status(pod: &str, p: &Placement, reason: String) -> api::Placement {
+    api::Placement {
+        pod: pod.to_string(),
+        node: Some(p.node.clone()),
+        gpus: p.gpus.clone(),
+        tensor_parallel_size: p.shape.tensor_parallel_size,
+        quantization: p.shape.quantization,
+        kv_cache_dtype: p.shape.kv_cache_dtype,
+        gpu_memory_utilization: p.fit.utilization(),
+        max_model_len: p.shape.max_model_len,
+        kv_cache_tokens: p.kv_cache_tokens,
+        reason: Some(reason),
+    }
+}
+
 fn condition(
     type_: &str,
     ok: bool,
@@ -308,18 +324,7 @@ pub fn reconcile(
                         {
                             reason = format!("re-planned after {f}; {reason}");
                         }
-                        let status = api::Placement {
-                            pod: cur.name.clone(),
-                            node: Some(p.node.clone()),
-                            gpus: p.gpus.clone(),
-                            tensor_parallel_size: p.shape.tensor_parallel_size,
-                            quantization: p.shape.quantization,
-                            kv_cache_dtype: p.shape.kv_cache_dtype,
-                            gpu_memory_utilization: p.fit.utilization(),
-                            max_model_len: p.shape.max_model_len,
-                            kv_cache_tokens: p.kv_cache_tokens,
-                            reason: Some(reason),
-                        };
+                        let status = placement_status(&cur.name, &p, reason);
                         events.push(Event {
                             warning: false,
                             reason: "Placed".into(),

@@ -233,6 +233,17 @@ fn decide_under_lock(
     Ok((outcome, gpus))
 }
 
+/// The smallest tensor parallel size `spec` allows (1 if it names none).
+pub fn smallest_tensor_parallel(spec: &crate::api::VllmDeploymentSpec) -> u32 {
+    spec.tensor_parallel
+        .sizes
+        .iter()
+        .copied()
+        .filter(|s| *s > 0)
+        .min()
+        .unwrap_or(1) as u32
+}
+
 /// The GPU count a new pod is created with. A pod's resources cannot change, so this is the
 /// tensor parallel size the planner would choose right now; if the placement at release
 /// differs, the still-gated pod is re-created (see `apply::steps`). Without a placement, the
@@ -244,15 +255,7 @@ pub fn provisional_gpus(
     ledger: &Ledger,
     avoid: &[(String, String)],
 ) -> u32 {
-    let smallest = dep
-        .spec
-        .tensor_parallel
-        .sizes
-        .iter()
-        .copied()
-        .filter(|s| *s > 0)
-        .min()
-        .unwrap_or(1) as u32;
+    let smallest = smallest_tensor_parallel(dep.spec);
     let Ok(arch) = dep.arch else { return smallest };
     let pod_ref = PodRef {
         namespace: dep.namespace.clone(),

@@ -1,0 +1,244 @@
+//! `vllm-operator render` on the examples and on every VllmDeployment fixture, validated with
+//! `kubernetes-validate --strict` against the Kubernetes version the chart checks use
+//! (scripts/check-chart.sh, KUBE_VERSION). The objects come from the controller's own builders,
+//! so this is the API server's schema applied to what the controller sends.
+//!
+//! Needs kubernetes-validate ($KUBERNETES_VALIDATE or .venv/bin/kubernetes-validate), installed
+//! by scripts/install-tools.sh. A missing tool fails the test, it never skips it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The version scripts/check-chart.sh validates the chart against.
+const KUBE_VERSION: &str = "1.33.0";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let kv = std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/kubernetes-validate"));
+    let works = Command::new(&kv)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        works,
+        "kubernetes-validate not found at {} ($KUBERNETES_VALIDATE or .venv/bin/kubernetes-validate): run scripts/install-tools.sh",
+        kv.display()
+    );
+    kv
+}
+
+/// `render -o json` of `file` on `fleet`: exit code, the List, stderr.
+fn render(file: &Path, fleet: &Path) -> (i32, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vllm-operator"))
+        .arg("render")
+        .arg("-f")
+        .arg(file)
+        .arg("--fleet")
+        .arg(fleet)
+        .args(["-o", "json"])
+        .output()
+        .expect("run vllm-operator render");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let code = out.status.code().unwrap_or(-1);
+    let list = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "render {}: not JSON ({e}); stderr: {stderr}",
+            file.display()
+        )
+    });
+    (code, list, stderr)
+}
+
+/// Files whose every document is a VllmDeployment.
+fn deployment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(deployment_files(&path));
+            continue;
+        }
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kinds: Vec<String> = serde_norway::Deserializer::from_str(&text)
+            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+            .map(|v: Value| v["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if !kinds.is_empty() && kinds.iter().all(|k| k == "VllmDeployment") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Write every item to its own file and run kubernetes-validate --strict on them all; a
+/// failure or any line other than INFO fails.
+fn validate(label: &str, items: &[Value]) {
+    let dir = std::env::temp_dir().join(format!("vllm-operator-render-{}", std::process::id()));
+    let dir = dir.join(label.replace(['/', '.'], "_"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = dir.join(format!(
+            "{i:03}-{}.yaml",
+            item["kind"].as_str().unwrap_or("unknown")
+        ));
+        std::fs::write(&path, serde_norway::to_string(item).unwrap()).unwrap();
+        files.push(path);
+    }
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict", "--kubernetes-version", KUBE_VERSION])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{label}: kubernetes-validate --strict failed:\n{log}"
+    );
+    let not_info: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("INFO ") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        not_info.is_empty(),
+        "{label}: kubernetes-validate warned:\n{log}"
+    );
+    let passed = log.lines().filter(|l| l.contains("passed")).count();
+    assert_eq!(
+        passed,
+        files.len(),
+        "{label}: not every object passed:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn kinds(list: &Value) -> Vec<&str> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn examples_render_released_pods_that_pass_kubernetes_validate_strict() {
+    let fleet = root().join("examples/fleet.yaml");
+    let files = deployment_files(&root().join("examples"));
+    assert_eq!(files.len(), 3, "{files:?}");
+    for file in files {
+        let (code, list, stderr) = render(&file, &fleet);
+        assert_eq!(code, 0, "{}: {stderr}", file.display());
+        assert_eq!(list["apiVersion"], "v1");
+        assert_eq!(list["kind"], "List");
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(kinds(&list)[0], "Service", "{}", file.display());
+        for pod in items.iter().filter(|i| i["kind"] == "Pod") {
+            // Released: no placement gate, pinned, annotated with the plan.
+            let gates = pod["spec"]["schedulingGates"].as_array().unwrap();
+            assert!(gates.is_empty(), "{pod}");
+            assert!(pod["spec"]["affinity"]["nodeAffinity"].is_object());
+            assert!(pod["metadata"]["annotations"]["vllm-operator.io/launch-plan"].is_string());
+            assert!(pod["metadata"]["namespace"].is_string());
+            assert!(pod["metadata"]["ownerReferences"][0]["uid"].is_string());
+        }
+        validate(&file.display().to_string(), items);
+    }
+}
+
+#[test]
+fn every_fixture_deployment_renders_objects_that_pass_kubernetes_validate_strict() {
+    let files = deployment_files(&root().join("tests/fixtures"));
+    assert!(files.len() >= 10, "{files:?}");
+    let mut pods = 0;
+    for file in files {
+        // The controller fixture has its own fleet; the rest are placed on the example fleet.
+        let own = file.with_file_name("fleet.yaml");
+        let fleet = if own.exists() {
+            own
+        } else {
+            root().join("examples/fleet.yaml")
+        };
+        let (code, list, stderr) = render(&file, &fleet);
+        // 2 = some replica does not fit: its pod is printed as the gated pod it stays.
+        assert!(
+            code == 0 || code == 2,
+            "{}: exit {code}: {stderr}",
+            file.display()
+        );
+        let items = list["items"].as_array().unwrap();
+        assert!(kinds(&list).contains(&"Service"), "{}", file.display());
+        pods += kinds(&list).iter().filter(|k| **k == "Pod").count();
+        validate(&file.display().to_string(), items);
+    }
+    assert!(pods >= 10, "only {pods} pods rendered");
+}
+
+#[test]
+fn render_exit_codes_follow_plan() {
+    let fleet = root().join("examples/fleet.yaml");
+    // Bad input: a fleet file as the deployment.
+    let out = Command::new(env!("CARGO_BIN_EXE_vllm-operator"))
+        .args(["render", "-f"])
+        .arg(&fleet)
+        .arg("--fleet")
+        .arg(&fleet)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belong in --fleet"));
+
+    // Does not fit: printed gated, exit 2, the reason on stderr.
+    let dir = std::env::temp_dir().join(format!("vllm-operator-render-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.yaml");
+    std::fs::write(
+        &big,
+        "apiVersion: vllm-operator.io/v1alpha1\nkind: VllmDeployment\nmetadata: {name: huge}\nspec:\n  model: {name: meta-llama/Llama-3.1-8B-Instruct}\n  replicas: 1\n  minConcurrency: 100000\n",
+    )
+    .unwrap();
+    let (code, list, stderr) = render(&big, &fleet);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("default/huge"), "{stderr}");
+    let pod = &list["items"][1];
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["metadata"]["namespace"], "default");
+    assert_eq!(
+        pod["spec"]["schedulingGates"][0]["name"],
+        "vllm-operator.io/placement"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn yaml_output_is_the_same_list() {
+    let file = root().join("examples/llama-3.2-1b.yaml");
+    let fleet = root().join("examples/fleet.yaml");
+    let (_, json_list, _) = render(&file, &fleet);
+    let out = Command::new(env!("CARGO_BIN_EXE_vllm-operator"))
+        .args(["render", "-f"])
+        .arg(&file)
+        .arg("--fleet")
+        .arg(&fleet)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let yaml: Value = serde_norway::from_slice(&out.stdout).unwrap();
+    assert_eq!(yaml, json_list);
+}
