@@ -298,6 +298,42 @@ fn a_launcher_refusal_replaces_the_pod_and_two_back_off_from_the_gpu() {
 }
 
 #[test]
+fn v1_kv_too_small_failures_back_off_from_the_node() {
+    // vLLM 0.11.0 vllm/v1/core/kv_cache_utils.py (0.33.0: kv_cache_planning.py, "model's").
+    let (s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    let message = "ValueError: To serve at least one request with the models's max seq len (32768), (4.00 GiB KV cache is needed, which is larger than the available KV cache memory (1.50 GiB). Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.";
+    let mut failed = pod(
+        0,
+        "h1",
+        PodPhase::Failed {
+            message: message.into(),
+        },
+    );
+    failed.placement = Some(vllm_operator::api::Placement {
+        pod: failed.name.clone(),
+        node: Some("node-a".into()),
+        ..Default::default()
+    });
+    let o = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
+    let e = o
+        .events
+        .iter()
+        .find(|e| e.reason == "GpuMemoryFailure")
+        .expect("a GPU memory failure, not a plain PodFailed");
+    assert!(
+        e.message.contains("cannot hold one max-model-len request"),
+        "{}",
+        e.message
+    );
+    let _ = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
+    assert_eq!(
+        run.failures.avoided(now()),
+        [("node-a".to_string(), "*".to_string())]
+    );
+}
+
+#[test]
 fn an_unknown_model_stalls_without_touching_pods() {
     let (s, f) = (spec(1), fleet(1, &[]));
     let mut run = Run::new();

@@ -238,8 +238,15 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
     };
     let visible = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
     let gpus = match select_gpus(&snapshot.gpus, visible.as_deref()) {
-        Ok(g) if !g.is_empty() => g,
-        Ok(_) => return fail("vllm-operator: no-gpu: NVML reports no GPU".to_string()),
+        Ok(selection) => {
+            if !selection.unseen.is_empty() {
+                eprintln!(
+                    "vllm-operator: NVIDIA_VISIBLE_DEVICES names {}, which NVML does not show; checking the GPUs it does show",
+                    selection.unseen.join(",")
+                );
+            }
+            selection.gpus
+        }
         Err(e) => return fail(format!("vllm-operator: no-gpu: {e}")),
     };
     match decide(&gpus, &plan) {

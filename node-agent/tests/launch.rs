@@ -289,3 +289,88 @@ fn plan_and_args_come_from_the_downward_api_files_as_the_pod_runs_it() {
         "{message}"
     );
 }
+
+/// `launch -- sh -c 'printf ...'` with the given environment: (exit code, argv, stderr, log).
+fn launch_printing(
+    envs: &[(&str, &str)],
+    name: &str,
+) -> (Option<i32>, Vec<String>, String, String) {
+    let dir = temp(name);
+    let log = dir.join("termination-log");
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "--nvml-lib",
+        stub(Variant::Full).to_str().unwrap(),
+        "launch",
+        "--plan",
+        &plan(3 * GIB),
+    ])
+    .arg("--termination-log")
+    .arg(&log)
+    .args([
+        "--",
+        "sh",
+        "-c",
+        "printf '%s\\n' \"$@\"",
+        "sh",
+        "serve",
+        "m",
+    ])
+    .env_remove("NVIDIA_VISIBLE_DEVICES");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let argv = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.code(),
+        argv,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn cdi_nodes_write_void_and_the_injected_gpus_are_still_checked() {
+    // nvidia-container-toolkit pkg/nvcdi/wrapper.go (GetCommonEdits) puts
+    // NVIDIA_VISIBLE_DEVICES=void in every CDI spec; the GPUs arrive as CDI devices.
+    let (code, argv, stderr, _) = launch_printing(&[("NVIDIA_VISIBLE_DEVICES", "void")], "void");
+    assert_eq!(code, Some(0), "{stderr}");
+    // All three stub GPUs are checked: the 8 GiB one with 6.92 GiB free sets 0.77.
+    assert_eq!(argv, ["serve", "m", "--gpu-memory-utilization", "0.77"]);
+}
+
+#[test]
+fn host_indices_are_not_matched_against_container_indices() {
+    // Device plugin DEVICE_ID_STRATEGY=index gave host GPU 3; in the container NVML shows it
+    // as GPU 0 (the stub's idle H100).
+    let (code, argv, stderr, _) = launch_printing(
+        &[
+            ("NVIDIA_VISIBLE_DEVICES", "3"),
+            ("STUB_NVML_GPU_COUNT", "1"),
+        ],
+        "index",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(argv, ["serve", "m", "--gpu-memory-utilization", "0.95"]);
+}
+
+#[test]
+fn refuses_only_when_nvml_shows_no_gpu() {
+    let (code, argv, _, log) = launch_printing(
+        &[
+            ("NVIDIA_VISIBLE_DEVICES", "void"),
+            ("STUB_NVML_GPU_COUNT", "0"),
+        ],
+        "nogpu",
+    );
+    assert_eq!(code, Some(1));
+    assert!(argv.is_empty());
+    assert!(
+        log.starts_with("vllm-operator: no-gpu: NVML reports no GPU"),
+        "{log}"
+    );
+}

@@ -36,20 +36,42 @@ impl FailureKind {
     }
 }
 
-/// Which memory failure a termination message (or last log lines) shows, if any.
+/// Which memory failure a termination message (or last log lines) shows, if any. The needles
+/// are vLLM's own texts, checked against the wheels of 0.8.5, 0.10.1, 0.11.0, 0.12.0, 0.21.0
+/// and 0.33.0:
+/// - startup check: `"Free memory on device {dev} (F/T GiB) on startup is less than desired GPU
+///   memory utilization"` (`vllm/v1/worker/gpu_worker.py` 0.10.1-0.12, `vllm/v1/worker/utils.py`
+///   `request_memory` 0.21 and 0.33, which also has `"... less than the engine's budget after
+///   excluding external process's weights"` and `"Externally held weights on device ... exceed
+///   the desired GPU memory utilization"`);
+/// - `"No available memory for the cache blocks"` (`vllm/worker/worker.py` V0,
+///   `vllm/v1/core/kv_cache_utils.py` 0.8.5-0.21, `vllm/v1/core/kv_cache_planning.py` 0.33);
+/// - one max-model-len request does not fit: V0 `"The model's max seq len (L) is larger than
+///   the maximum number of tokens that can be stored in KV cache"` (`vllm/worker/worker.py`
+///   up to 0.10.x), V1 `"To serve at least one request with the models's max seq len"`
+///   (sic, `vllm/v1/core/kv_cache_utils.py` 0.8.5-0.21) and `"... the model's max seq len"`
+///   (`vllm/v1/core/kv_cache_planning.py` 0.33);
+/// - PyTorch's `"CUDA out of memory"` (`torch.OutOfMemoryError`; vLLM's sampler/pooler warm-up
+///   wraps it as `"CUDA out of memory occurred when warming up ..."` and 0.33's loader logs
+///   `"Failed to load model - not enough GPU memory"`, `vllm/v1/worker/gpu_model_runner.py`).
 pub fn classify_failure(message: &str) -> Option<FailureKind> {
     if message.contains(LAUNCHER_REFUSAL) {
         Some(FailureKind::LauncherRefused)
-    } else if message.contains("Free memory on device") {
+    } else if message.contains("Free memory on device")
+        || message.contains("Externally held weights on device")
+    {
         Some(FailureKind::StartupCheck)
     } else if message.contains("No available memory for the cache blocks") {
         Some(FailureKind::NoKvCache)
     } else if message
         .contains("larger than the maximum number of tokens that can be stored in KV cache")
+        // "models's" up to 0.21, "model's" in 0.33: the common stem.
+        || message.contains("To serve at least one request with the model")
     {
         Some(FailureKind::KvTooSmall)
     } else if message.contains("CUDA out of memory")
         || message.contains("CUDA error: out of memory")
+        || message.contains("Failed to load model - not enough GPU memory")
     {
         Some(FailureKind::CudaOom)
     } else {
@@ -172,6 +194,43 @@ mod tests {
             Some(FailureKind::CudaOom)
         );
         assert_eq!(classify_failure("ImportError: no module named vllm"), None);
+    }
+
+    #[test]
+    fn v1_messages_of_each_release_are_classified() {
+        // vllm/v1/core/kv_cache_utils.py, 0.11.0 (and 0.8.5-0.21: the "models's" typo).
+        let v011 = "ValueError: To serve at least one request with the models's max seq len (131072), (16.00 GiB KV cache is needed, which is larger than the available KV cache memory (3.21 GiB). Based on the available memory, the estimated maximum model length is 26272. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.";
+        assert_eq!(classify_failure(v011), Some(FailureKind::KvTooSmall));
+        // vllm/v1/core/kv_cache_planning.py `_check_enough_kv_cache_memory`, 0.33.0.
+        let v033 = "ValueError: To serve at least one request with the model's max seq len (32768), (4.00 GiB KV cache is needed, which is larger than the available KV cache memory (1.50 GiB). Based on the available memory, the estimated maximum model length is 12288. Try increasing `gpu_memory_utilization` (which also controls CPU memory on the CPU backend) or decreasing `max_model_len` when initializing the engine.";
+        assert_eq!(classify_failure(v033), Some(FailureKind::KvTooSmall));
+        // vllm/v1/worker/utils.py `request_memory`, 0.33.0, weights held by another process.
+        assert_eq!(
+            classify_failure(
+                "ValueError: Free memory on device cuda:0 (10.00/79.19 GiB) on startup is less than the engine's budget after excluding external process's weights (0.9, 20.00 GiB)."
+            ),
+            Some(FailureKind::StartupCheck)
+        );
+        assert_eq!(
+            classify_failure(
+                "ValueError: Externally held weights on device cuda:0 (75.00 GiB) exceed the desired GPU memory utilization (0.9, 71.27 GiB)."
+            ),
+            Some(FailureKind::StartupCheck)
+        );
+        // vllm/v1/worker/gpu_model_runner.py, 0.33.0 (logged before re-raising torch's OOM).
+        assert_eq!(
+            classify_failure(
+                "ERROR Failed to load model - not enough GPU memory. Try lowering --gpu-memory-utilization"
+            ),
+            Some(FailureKind::CudaOom)
+        );
+        // The sampler warm-up wrapper, every V1 release.
+        assert_eq!(
+            classify_failure(
+                "RuntimeError: CUDA out of memory occurred when warming up sampler with 1024 dummy requests."
+            ),
+            Some(FailureKind::CudaOom)
+        );
     }
 
     #[test]

@@ -14,38 +14,67 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SelectError {
-    #[error("NVIDIA_VISIBLE_DEVICES={0}: this container was given no GPU")]
-    NoDevices(String),
-    #[error("NVIDIA_VISIBLE_DEVICES names {0}, which NVML does not report")]
-    UnknownDevice(String),
+    #[error("NVML reports no GPU in this container (NVIDIA_VISIBLE_DEVICES={0})")]
+    NoGpu(String),
 }
 
-/// The GPUs this container received, per `NVIDIA_VISIBLE_DEVICES` (UUIDs or indices).
-/// Unset or `all`: every physical GPU (or MIG device, where MIG is on).
+/// The GPUs this container received, and the UUIDs `NVIDIA_VISIBLE_DEVICES` named that NVML
+/// does not show (logged, never fatal).
+#[derive(Debug, PartialEq)]
+pub struct Selection<'a> {
+    pub gpus: Vec<&'a GpuInfo>,
+    pub unseen: Vec<String>,
+}
+
+/// The GPUs to check: exactly what NVML enumerates inside the container, because the runtime
+/// exposes only the allocated devices. `NVIDIA_VISIBLE_DEVICES` only narrows by UUID:
+/// - `void` (and empty) is what the NVIDIA container toolkit writes into every CDI spec's
+///   common edits while injecting the GPUs as CDI devices (nvidia-container-toolkit
+///   `pkg/nvcdi/wrapper.go` `GetCommonEdits`, read at d34b304; `internal/config/image/devices.go`
+///   `NewVisibleDevices` maps `""`/`void` to "no envvar-requested device"), so it says nothing
+///   about what was injected;
+/// - indices name **host** GPUs (k8s-device-plugin `DEVICE_ID_STRATEGY=index`,
+///   `internal/plugin/server.go` `uniqueDeviceIDsFromAnnotatedDeviceIDs`, read at 1b826ac),
+///   while NVML in the container numbers the visible devices from 0: an index cannot be
+///   matched, so indices, `all` and `none` do not narrow;
+/// - `GPU-…` and `MIG-…` UUIDs are the same inside and outside, and narrow the list.
+///
+/// Where MIG is on, the MIG devices are the GPUs and their parent is skipped.
 pub fn select_gpus<'a>(
     gpus: &'a [GpuInfo],
     visible: Option<&str>,
-) -> Result<Vec<&'a GpuInfo>, SelectError> {
-    let visible = visible.map(str::trim).unwrap_or("all");
-    match visible {
-        "" | "all" => Ok(gpus
-            .iter()
-            .filter(|g| g.mig_mode.as_deref() != Some("Enabled"))
-            .collect()),
-        "none" | "void" => Err(SelectError::NoDevices(visible.to_string())),
-        list => list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|id| {
-                gpus.iter()
-                    .find(|g| {
-                        g.uuid == id || (g.parent_uuid.is_none() && g.index.to_string() == id)
-                    })
-                    .ok_or_else(|| SelectError::UnknownDevice(id.to_string()))
-            })
-            .collect(),
+) -> Result<Selection<'a>, SelectError> {
+    let usable: Vec<&GpuInfo> = gpus
+        .iter()
+        .filter(|g| g.mig_mode.as_deref() != Some("Enabled"))
+        .collect();
+    let uuids: Vec<&str> = visible
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|id| id.starts_with("GPU-") || id.starts_with("MIG-"))
+        .collect();
+    let unseen: Vec<String> = uuids
+        .iter()
+        .filter(|id| !usable.iter().any(|g| g.uuid == **id))
+        .map(|id| id.to_string())
+        .collect();
+    let named: Vec<&GpuInfo> = usable
+        .iter()
+        .copied()
+        .filter(|g| uuids.contains(&g.uuid.as_str()))
+        .collect();
+    // UUIDs that match nothing NVML shows cannot remove the GPUs NVML does show.
+    let chosen = if named.is_empty() { usable } else { named };
+    if chosen.is_empty() {
+        return Err(SelectError::NoGpu(
+            visible.map_or_else(|| "(unset)".to_string(), str::to_string),
+        ));
     }
+    Ok(Selection {
+        gpus: chosen,
+        unseen,
+    })
 }
 
 /// The utilization every given GPU passes, or the first that cannot hold the model.
@@ -241,21 +270,76 @@ mod tests {
         }
     }
 
+    fn mig(index: u32, uuid: &str, parent: &str) -> GpuInfo {
+        GpuInfo {
+            parent_uuid: Some(parent.into()),
+            ..gpu(index, uuid, 10, 10)
+        }
+    }
+
+    fn uuids(sel: &Selection) -> Vec<String> {
+        sel.gpus.iter().map(|g| g.uuid.clone()).collect()
+    }
+
     #[test]
-    fn visible_devices_by_uuid_index_all_and_none() {
+    fn uuids_narrow_and_everything_else_keeps_what_nvml_shows() {
         let gpus = vec![gpu(0, "GPU-a", 1, 1), gpu(1, "GPU-b", 1, 1)];
-        assert_eq!(select_gpus(&gpus, None).unwrap().len(), 2);
-        assert_eq!(select_gpus(&gpus, Some("all")).unwrap().len(), 2);
-        assert_eq!(select_gpus(&gpus, Some("GPU-b")).unwrap()[0].index, 1);
-        assert_eq!(select_gpus(&gpus, Some("1,0")).unwrap()[1].uuid, "GPU-a");
-        assert!(matches!(
-            select_gpus(&gpus, Some("void")),
-            Err(SelectError::NoDevices(_))
-        ));
-        assert!(matches!(
-            select_gpus(&gpus, Some("GPU-z")),
-            Err(SelectError::UnknownDevice(_))
-        ));
+        for all in [
+            None,
+            Some("all"),
+            Some(""),
+            Some("none"),
+            Some("void"),
+            Some("0,1"),
+        ] {
+            assert_eq!(
+                uuids(&select_gpus(&gpus, all).unwrap()),
+                ["GPU-a", "GPU-b"],
+                "{all:?}"
+            );
+        }
+        let sel = select_gpus(&gpus, Some("GPU-b")).unwrap();
+        assert_eq!(uuids(&sel), ["GPU-b"]);
+        assert!(sel.unseen.is_empty());
+        // A UUID NVML does not show is reported, and cannot hide the GPUs it does show.
+        let sel = select_gpus(&gpus, Some("GPU-z")).unwrap();
+        assert_eq!(uuids(&sel), ["GPU-a", "GPU-b"]);
+        assert_eq!(sel.unseen, ["GPU-z"]);
+        assert_eq!(
+            select_gpus(&[], Some("void")),
+            Err(SelectError::NoGpu("void".into()))
+        );
+    }
+
+    #[test]
+    fn cdi_void_and_host_indices_check_the_gpus_nvml_enumerates() {
+        // CDI node: the toolkit writes NVIDIA_VISIBLE_DEVICES=void and injects the GPU.
+        let one = vec![gpu(0, "GPU-only", 1, 1)];
+        assert_eq!(
+            uuids(&select_gpus(&one, Some("void")).unwrap()),
+            ["GPU-only"]
+        );
+        // DEVICE_ID_STRATEGY=index: host GPU 3 is container GPU 0.
+        assert_eq!(uuids(&select_gpus(&one, Some("3")).unwrap()), ["GPU-only"]);
+        assert_eq!(
+            uuids(&select_gpus(&one, Some("3,5")).unwrap()),
+            ["GPU-only"]
+        );
+    }
+
+    #[test]
+    fn mig_devices_are_named_by_their_own_uuid() {
+        let mut parent = gpu(0, "GPU-p", 80, 80);
+        parent.mig_mode = Some("Enabled".into());
+        let gpus = vec![parent, mig(0, "MIG-x", "GPU-p"), mig(1, "MIG-y", "GPU-p")];
+        assert_eq!(
+            uuids(&select_gpus(&gpus, Some("MIG-y")).unwrap()),
+            ["MIG-y"]
+        );
+        assert_eq!(
+            uuids(&select_gpus(&gpus, Some("void")).unwrap()),
+            ["MIG-x", "MIG-y"]
+        );
     }
 
     #[test]
