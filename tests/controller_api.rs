@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::DeserializeGuard;
@@ -63,8 +64,20 @@ fn now() -> Timestamp {
 }
 
 fn context(client: kube::Client, pods: Vec<Pod>) -> Arc<Context> {
-    let (gpunodes, nodes) = fleet();
-    let stores = Stores::from_objects(vec![deployment()], gpunodes, nodes, pods);
+    context_for(client, deployment(), pods)
+}
+
+fn context_for(client: kube::Client, dep: VllmDeployment, pods: Vec<Pod>) -> Arc<Context> {
+    context_on(client, dep, pods, fleet())
+}
+
+fn context_on(
+    client: kube::Client,
+    dep: VllmDeployment,
+    pods: Vec<Pod>,
+    (gpunodes, nodes): (Vec<GpuNode>, Vec<Node>),
+) -> Arc<Context> {
+    let stores = Stores::from_objects(vec![dep], gpunodes, nodes, pods);
     let settings = Settings {
         launcher_image: LAUNCHER.into(),
         stale_after: Duration::from_secs(90),
@@ -137,7 +150,7 @@ async fn expect_service_apply(handle: &mut Handle) {
     assert_eq!(method, http::Method::PATCH);
     assert_eq!(
         uri,
-        "/api/v1/namespaces/serving/services/llama-1b?&force=true&fieldManager=vllm-operator"
+        "/api/v1/namespaces/serving/services/llama-1b?&fieldManager=vllm-operator"
     );
     assert_eq!(ct, APPLY);
     respond(send, 200, &body);
@@ -157,13 +170,31 @@ async fn expect_status_apply(handle: &mut Handle) -> Value {
     body
 }
 
+/// Events about one pod are recorded on that pod, with the deployment as `related`.
+const POD_EVENTS: &[&str] = &[
+    "Placed",
+    "ArgsReplaced",
+    "Resized",
+    "LauncherRefused",
+    "GpuMemoryFailure",
+    "PodFailed",
+];
+
 async fn expect_event(handle: &mut Handle, reason: &str) -> Value {
     let (method, uri, _, body, send) = next(handle).await;
     assert_eq!(method, http::Method::POST);
     assert_eq!(uri, "/apis/events.k8s.io/v1/namespaces/serving/events?");
     assert_eq!(body["reason"], reason, "{body}");
-    assert_eq!(body["regarding"]["kind"], "VllmDeployment");
-    assert_eq!(body["regarding"]["name"], "llama-1b");
+    if POD_EVENTS.contains(&reason) {
+        assert_eq!(body["regarding"]["kind"], "Pod", "{body}");
+        assert_eq!(body["regarding"]["apiVersion"], "v1");
+        assert_eq!(body["regarding"]["name"], pod_name());
+        assert_eq!(body["related"]["kind"], "VllmDeployment");
+        assert_eq!(body["related"]["name"], "llama-1b");
+    } else {
+        assert_eq!(body["regarding"]["kind"], "VllmDeployment");
+        assert_eq!(body["regarding"]["name"], "llama-1b");
+    }
     assert_eq!(body["reportingController"], "vllm-operator");
     respond(send, 201, &body);
     body
@@ -248,8 +279,10 @@ async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
         assert!(body["spec"].get("nodeName").is_none(), "never nodeName");
         assert_eq!(
             body["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
-            json!({"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a100-a"]}
+            // Pinned by node name, as the DaemonSet controller does; the hostname label may
+            // differ from the name.
+            json!({"nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": ["a100-a"]}
             ]}]})
         );
         let annotations = &body["metadata"]["annotations"];
@@ -433,6 +466,15 @@ async fn scenario_status_is_applied_to_the_status_subresource_with_kstatus_condi
         assert_eq!(status["ready"], "0/1");
         assert_eq!(status["tensorParallel"], "1");
         assert_eq!(status["state"], "Progressing");
+        // The scale subresource's labelSelectorPath (.status.selector): HPA and KEDA find
+        // the replicas' pods with it.
+        assert_eq!(
+            status["selector"],
+            "app.kubernetes.io/instance=llama-1b,app.kubernetes.io/managed-by=vllm-operator,app.kubernetes.io/name=vllm"
+        );
+        assert_eq!(status["serviceName"], "llama-1b");
+        assert_eq!(condition("ServiceReady")["status"], "True");
+        assert_eq!(condition("ServiceReady")["reason"], "Applied");
         expect_event(&mut handle, "ArgsReplaced").await;
         expect_event(&mut handle, "Placed").await;
     });
@@ -456,7 +498,7 @@ async fn scenario_service_selects_the_deployments_pods_on_its_port() {
         assert_eq!(method, http::Method::PATCH);
         assert_eq!(
             uri,
-            "/api/v1/namespaces/serving/services/llama-1b?&force=true&fieldManager=vllm-operator"
+            "/api/v1/namespaces/serving/services/llama-1b?&fieldManager=vllm-operator"
         );
         assert_eq!(ct, APPLY);
         assert_eq!(body["apiVersion"], "v1");
@@ -664,4 +706,217 @@ async fn scenario_config_map_not_created_yet_is_retried_with_backoff() {
         Action::requeue(Duration::from_secs(10))
     );
     server.await.unwrap();
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+#[tokio::test]
+async fn scenario_service_held_by_another_manager_is_reported_not_overwritten() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(1)]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, send) = next(&mut handle).await; // the release
+        respond(send, 200, &body);
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(!uri.contains("force"), "never force the Service: {uri}");
+        respond(
+            send,
+            409,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                "message": "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .spec.selector"
+            }),
+        );
+        // The status is still written, and says why.
+        let status = expect_status_apply(&mut handle).await;
+        let c = condition(&status, "ServiceReady");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], "ServiceConflict");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("kubectl-client-side-apply"),
+            "{c}"
+        );
+        expect_event(&mut handle, "ArgsReplaced").await;
+        expect_event(&mut handle, "Placed").await;
+        let e = expect_event(&mut handle, "ServiceConflict").await;
+        assert_eq!(e["type"], "Warning");
+    });
+    let action = reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A VllmDeployment named `llama-3.1-8b` (valid for a custom resource, not for a Service).
+fn dotted_deployment() -> VllmDeployment {
+    let mut d = deployment();
+    d.metadata.name = Some("llama-3.1-8b".into());
+    d
+}
+
+#[tokio::test]
+async fn scenario_dotted_name_gets_a_valid_service_name_recorded_in_status() {
+    let (client, mut handle) = mock();
+    let ctx = context_for(client, dotted_deployment(), vec![]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, send) = next(&mut handle).await; // the gated pod
+        respond(send, 201, &body);
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/serving/services/llama-3-1-8b?&fieldManager=vllm-operator"
+        );
+        assert_eq!(body["metadata"]["name"], "llama-3-1-8b");
+        assert_eq!(
+            body["spec"]["selector"]["app.kubernetes.io/instance"],
+            "llama-3.1-8b"
+        );
+        respond(send, 201, &body);
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(
+            uri.contains("/vllmdeployments/llama-3.1-8b/status?"),
+            "{uri}"
+        );
+        assert_eq!(body["status"]["serviceName"], "llama-3-1-8b");
+        assert_eq!(condition(&body, "ServiceReady")["status"], "True");
+        let mut echo = serde_json::to_value(dotted_deployment()).unwrap();
+        echo["status"] = body["status"].clone();
+        respond(send, 200, &echo);
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(dotted_deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_status_is_written_even_when_the_service_apply_fails() {
+    let (client, mut handle) = mock();
+    let ctx = context_for(client, dotted_deployment(), vec![]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, body, send) = next(&mut handle).await; // the gated pod
+        respond(send, 201, &body);
+        let (_, uri, _, _, send) = next(&mut handle).await;
+        assert!(uri.starts_with("/api/v1/namespaces/serving/services/llama-3-1-8b?"));
+        respond(
+            send,
+            422,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                "message": "Service \"llama-3-1-8b\" is invalid: spec.ports[0].port: Invalid value"
+            }),
+        );
+        let (method, uri, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(
+            uri.contains("/vllmdeployments/llama-3.1-8b/status?"),
+            "{uri}"
+        );
+        let c = condition(&body, "ServiceReady");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], "ApplyFailed");
+        assert!(
+            c["message"].as_str().unwrap().contains("Invalid value"),
+            "{c}"
+        );
+        let mut echo = serde_json::to_value(dotted_deployment()).unwrap();
+        echo["status"] = body["status"].clone();
+        respond(send, 200, &echo);
+    });
+    let err = reconcile(Arc::new(DeserializeGuard(Ok(dotted_deployment()))), ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ApplyService { .. }), "{err}");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_placed_events_of_two_pods_are_two_series_on_their_pods() {
+    let mut dep = deployment();
+    dep.spec.replicas = 2;
+    let hash = spec_hash(&dep.spec);
+    let pods: Vec<Pod> = (0..2)
+        .map(|i| {
+            let mut pod = gated_pod(&dep, i, &hash, 1, LAUNCHER).unwrap();
+            pod.metadata.uid = Some(format!("pod-uid-{i}"));
+            pod.metadata.resource_version = Some("7".into());
+            pod
+        })
+        .collect();
+    // The fixture node with a second, identical GPU: room for both replicas.
+    let (mut gpunodes, mut nodes) = fleet();
+    let status = gpunodes[0].status.as_mut().unwrap();
+    let mut second = status.gpus[0].clone();
+    second.index = 1;
+    second.uuid = "GPU-a100-0001".into();
+    status.gpus.push(second);
+    nodes[0].status.as_mut().unwrap().allocatable = Some(
+        [("nvidia.com/gpu".to_string(), Quantity("2".into()))]
+            .into_iter()
+            .collect(),
+    );
+    let (client, mut handle) = mock();
+    let ctx = context_on(client, dep.clone(), pods, (gpunodes, nodes));
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (method, uri, _, body, send) = next(&mut handle).await; // the releases
+            assert_eq!(method, http::Method::PUT, "{uri} {body}");
+            respond(send, 200, &body);
+        }
+        let (_, _, _, body, send) = next(&mut handle).await; // the Service
+        respond(send, 200, &body);
+        expect_status_apply(&mut handle).await;
+        let mut placed = Vec::new();
+        for _ in 0..4 {
+            let (method, _, _, body, send) = next(&mut handle).await;
+            // A new event each time: on the deployment, the second pod's `Placed` would have
+            // been a PATCH of the first pod's series.
+            assert_eq!(method, http::Method::POST, "{body}");
+            assert_eq!(body["regarding"]["kind"], "Pod");
+            if body["reason"] == "Placed" {
+                placed.push((
+                    body["regarding"]["name"].as_str().unwrap().to_string(),
+                    body["regarding"]["uid"].as_str().unwrap().to_string(),
+                ));
+            }
+            respond(send, 201, &body);
+        }
+        assert_eq!(
+            placed,
+            vec![
+                (format!("llama-1b-0-{hash}"), "pod-uid-0".to_string()),
+                (format!("llama-1b-1-{hash}"), "pod-uid-1".to_string()),
+            ]
+        );
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(dep))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -49,6 +49,18 @@ fn crds_declare_what_other_tools_read() {
         version["subresources"]["scale"]["specReplicasPath"],
         ".spec.replicas"
     );
+    // HPA and KEDA read the pod selector through the scale subresource.
+    assert_eq!(
+        version["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+    // A null headroom is not a value: the API server prunes it and applies the default
+    // (apiextensions-apiserver structural defaulting), and nothing may store null.
+    let headroom = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["memory"]
+        ["properties"]["headroom"];
+    assert_eq!(headroom["default"], "256Mi");
+    assert_ne!(headroom["nullable"], true, "{headroom}");
+    assert_eq!(headroom["x-kubernetes-int-or-string"], true);
     assert!(version["subresources"]["status"].is_object());
     let columns: Vec<&str> = version["additionalPrinterColumns"]
         .as_array()
@@ -264,4 +276,19 @@ fn a_typo_in_a_field_is_named_in_the_error() {
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("document 1"), "{err}");
     assert!(err.contains("spec.replicas"), "{err}");
+}
+
+#[test]
+fn an_explicit_null_headroom_decodes_as_the_default() {
+    let text = "apiVersion: vllm-operator.io/v1alpha1\nkind: VllmDeployment\nmetadata: {name: m}\nspec:\n  model: {name: meta-llama/Llama-3.2-1B-Instruct}\n  memory: {headroom: null, maxUtilization: 0.9}\n";
+    let d: VllmDeployment = serde_norway::from_str(text).unwrap();
+    assert_eq!(d.spec.memory.headroom.0, "256Mi");
+    assert_eq!(d.spec.memory.max_utilization, 0.9);
+    let json: VllmDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "vllm-operator.io/v1alpha1", "kind": "VllmDeployment",
+        "metadata": {"name": "m"},
+        "spec": {"model": {"name": "x"}, "memory": {"headroom": null}}
+    }))
+    .unwrap();
+    assert_eq!(json.spec.memory.headroom.0, "256Mi");
 }

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext,
+    Toleration,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -27,7 +30,10 @@ use super::{KvCacheDtype, Quantization, Sharing};
     doc = "A vLLM model server whose tensor parallel size, quantization and GPU memory utilization are chosen from measured GPU free memory.",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        // HorizontalPodAutoscaler and KEDA find the pods to measure through the scale
+        // subresource's selector (autoscaling/v1 Scale.status.selector).
+        label_selector_path = ".status.selector"
     ),
     printcolumn(
         name = "Ready",
@@ -118,6 +124,22 @@ pub struct VllmDeploymentSpec {
 
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+
+    /// Pull secrets for the vLLM image and the launcher init image (a PodSpec's
+    /// `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Pod-level security context, merged field by field over the operator's default
+    /// (`seccompProfile: RuntimeDefault`). Set `runAsNonRoot`/`runAsUser` here for namespaces
+    /// that enforce the `restricted` Pod Security level, with an image that runs as non-root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Security context of the vLLM container, merged field by field over the operator's
+    /// default (`allowPrivilegeEscalation: false`, `capabilities.drop: [ALL]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 
     /// Port of vLLM's OpenAI-compatible server and of the Service.
     #[serde(default = "default_port")]
@@ -267,7 +289,8 @@ pub enum MemoryStrategy {
 #[serde(rename_all = "camelCase")]
 pub struct MemorySpec {
     /// Bytes kept free on every GPU beyond vLLM's own startup needs.
-    #[serde(default = "default_headroom")]
+    #[serde(default = "default_headroom", deserialize_with = "headroom_or_default")]
+    #[schemars(schema_with = "headroom_schema")]
     pub headroom: Quantity,
 
     /// Upper bound on `--gpu-memory-utilization`.
@@ -343,6 +366,13 @@ pub struct VllmDeploymentStatus {
     /// One word for `kubectl get`: `Ready`, `Progressing`, `InsufficientGpuMemory`, `Invalid`...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Label selector of the replicas' pods, for the scale subresource (HPA, KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The name of the Service in front of the replicas (a DNS-1035 label derived from the
+    /// deployment's name, which may contain dots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// Where one replica runs and with which vLLM memory settings.
@@ -398,6 +428,21 @@ fn default_kv_dtype() -> Vec<KvCacheDtype> {
 fn default_headroom() -> Quantity {
     Quantity("256Mi".to_string())
 }
+/// An explicit `headroom: null` means the default, as the API server does for a non-nullable
+/// field with a default (apiextensions-apiserver prunes the null, then defaults it).
+fn headroom_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
+    Ok(Option::<Quantity>::deserialize(d)?.unwrap_or_else(default_headroom))
+}
+
+/// Quantity's schema without the `nullable: true` kube adds to every optional int-or-string
+/// property: `headroom` is never null (a null failed decoding in the controller).
+fn headroom_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "nullable": false,
+    })
+}
+
 fn default_max_utilization() -> f64 {
     0.95
 }

@@ -169,16 +169,13 @@ pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) ->
                 let note = format!(
                     "{name}: created for {from} GPU(s), placed with tensor parallel size {to}; re-creating it (a pod's GPU count cannot change)"
                 );
-                publish(
-                    ctx,
-                    dep,
-                    &Event {
-                        warning: false,
-                        reason: "Resized".into(),
-                        message: note,
-                    },
-                )
-                .await;
+                let event = Event {
+                    warning: false,
+                    reason: "Resized".into(),
+                    message: note,
+                    pod: Some(name.clone()),
+                };
+                publish(ctx, dep, &event, uid).await;
             }
         }
     }
@@ -194,7 +191,26 @@ fn forget_reservation(ctx: &Context, namespace: &str, name: &str) {
     }
 }
 
-pub async fn apply_service(ctx: &Context, dep: &VllmDeployment) -> Result<(), Error> {
+/// What became of the Service apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceApplied {
+    Applied {
+        name: String,
+    },
+    /// The name is held by fields another manager owns (someone else's Service, or ours edited
+    /// by hand): the API server's message, naming the managers and fields.
+    Conflict {
+        name: String,
+        message: String,
+    },
+}
+
+/// Server-side apply of the Service, without `force`: a Service of that name that another
+/// field manager owns (created by someone else, or ours edited by hand) answers 409 Conflict
+/// instead of being taken over (k8s staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// fieldmanager: conflicts are errors unless force is set). That answer is an outcome, not an
+/// error: it is reported in the status and an event.
+pub async fn apply_service(ctx: &Context, dep: &VllmDeployment) -> Result<ServiceApplied, Error> {
     let svc: Service = service(dep).map_err(|source| Error::Build {
         what: "service".into(),
         source,
@@ -204,14 +220,21 @@ pub async fn apply_service(ctx: &Context, dep: &VllmDeployment) -> Result<(), Er
         ctx.client.clone(),
         dep.metadata.namespace.as_deref().unwrap_or_default(),
     );
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&svc),
-    )
-    .await
-    .map_err(|source| Error::ApplyService { name, source })?;
-    Ok(())
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&svc),
+        )
+        .await
+    {
+        Ok(_) => Ok(ServiceApplied::Applied { name }),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(ServiceApplied::Conflict {
+            name,
+            message: s.message.clone(),
+        }),
+        Err(source) => Err(Error::ApplyService { name, source }),
+    }
 }
 
 /// Server-side apply on the status subresource, keeping unchanged conditions' transition times.
@@ -243,11 +266,57 @@ pub async fn patch_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, dep: &VllmDeployment, e: &Event) {
-    publish_to(ctx, &dep.object_ref(&()), e).await;
+/// events.k8s.io/v1 `note` limit in bytes: k8s pkg/apis/core/validation/events.go
+/// `NoteLengthLimit = 1024`, compared with Go's `len`, which counts bytes.
+pub const NOTE_LIMIT_BYTES: usize = 1024;
+const CUT_MARK: &str = "...";
+
+/// `message` cut to at most `NOTE_LIMIT_BYTES` bytes on a character boundary, marked as cut.
+pub fn event_note(message: &str) -> String {
+    if message.len() <= NOTE_LIMIT_BYTES {
+        return message.to_string();
+    }
+    let mut end = NOTE_LIMIT_BYTES - CUT_MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT_MARK}", &message[..end])
 }
 
-async fn publish_to(ctx: &Context, reference: &ObjectReference, e: &Event) {
+/// Where an event goes: on its pod when it is about one (with the deployment as `related`),
+/// else on the deployment.
+pub fn event_references(
+    dep: &VllmDeployment,
+    e: &Event,
+    pod_uid: Option<String>,
+) -> (ObjectReference, Option<ObjectReference>) {
+    match &e.pod {
+        Some(pod) => (
+            ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.clone()),
+                namespace: dep.metadata.namespace.clone(),
+                uid: pod_uid,
+                ..Default::default()
+            },
+            Some(dep.object_ref(&())),
+        ),
+        None => (dep.object_ref(&()), None),
+    }
+}
+
+async fn publish(ctx: &Context, dep: &VllmDeployment, e: &Event, pod_uid: Option<String>) {
+    let (regarding, related) = event_references(dep, e, pod_uid);
+    publish_to(ctx, &regarding, related, e).await;
+}
+
+async fn publish_to(
+    ctx: &Context,
+    reference: &ObjectReference,
+    related: Option<ObjectReference>,
+    e: &Event,
+) {
     let event = KubeEvent {
         type_: if e.warning {
             EventType::Warning
@@ -255,10 +324,9 @@ async fn publish_to(ctx: &Context, reference: &ObjectReference, e: &Event) {
             EventType::Normal
         },
         reason: e.reason.clone(),
-        // events.k8s.io caps the note at 1 kB.
-        note: Some(e.message.chars().take(1000).collect()),
+        note: Some(event_note(&e.message)),
         action: e.reason.clone(),
-        secondary: None,
+        secondary: related,
     };
     // An event is a courtesy: failing to write one must not fail the reconcile.
     if let Err(err) = ctx.recorder.publish(&event, reference).await {
@@ -266,9 +334,21 @@ async fn publish_to(ctx: &Context, reference: &ObjectReference, e: &Event) {
     }
 }
 
-pub async fn publish_events(ctx: &Context, dep: &VllmDeployment, events: &[Event]) {
+/// Publish `events`; `pods` (the deployment's pods from the cache) give the uid of the pod an
+/// event is about.
+pub async fn publish_events(
+    ctx: &Context,
+    dep: &VllmDeployment,
+    events: &[Event],
+    pods: &[Arc<Pod>],
+) {
     for e in events {
-        publish(ctx, dep, e).await;
+        let uid = e.pod.as_deref().and_then(|name| {
+            pods.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .and_then(|p| p.metadata.uid.clone())
+        });
+        publish(ctx, dep, e, uid).await;
     }
 }
 
@@ -288,6 +368,55 @@ pub async fn publish_invalid(ctx: &Context, invalid: &InvalidObject) {
         warning: true,
         reason: "InvalidSpec".into(),
         message: format!("cannot read this VllmDeployment: {}", invalid.error),
+        pod: None,
     };
-    publish_to(ctx, &reference, &e).await;
+    publish_to(ctx, &reference, None, &e).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_1024_bytes_on_a_character_boundary() {
+        let short = "GPU 0 needs 17.2 GiB free";
+        assert_eq!(event_note(short), short);
+        let exact = "x".repeat(NOTE_LIMIT_BYTES);
+        assert_eq!(event_note(&exact), exact);
+        // 'é' is 2 bytes, '🚀' 4: 1000 characters are far more than 1024 bytes.
+        for unit in ["é", "🚀", "a€"] {
+            let long = unit.repeat(1000);
+            let note = event_note(&long);
+            assert!(note.len() <= NOTE_LIMIT_BYTES, "{} bytes", note.len());
+            assert!(note.len() > NOTE_LIMIT_BYTES - 8, "{} bytes", note.len());
+            assert!(note.ends_with("..."));
+            let kept = note.trim_end_matches("...");
+            assert!(long.starts_with(kept));
+        }
+    }
+
+    #[test]
+    fn pod_events_go_on_the_pod_with_the_deployment_related() {
+        let text = include_str!("../../tests/fixtures/controller/deployment.yaml");
+        let mut dep: VllmDeployment = serde_norway::from_str(text).unwrap();
+        dep.metadata.uid = Some("dep-uid".into());
+        let about_pod = Event {
+            reason: "Placed".into(),
+            pod: Some("llama-1b-0-h".into()),
+            ..Default::default()
+        };
+        let (regarding, related) = event_references(&dep, &about_pod, Some("pod-uid".into()));
+        assert_eq!(regarding.kind.as_deref(), Some("Pod"));
+        assert_eq!(regarding.api_version.as_deref(), Some("v1"));
+        assert_eq!(regarding.name.as_deref(), Some("llama-1b-0-h"));
+        assert_eq!(regarding.namespace, dep.metadata.namespace);
+        assert_eq!(regarding.uid.as_deref(), Some("pod-uid"));
+        let related = related.unwrap();
+        assert_eq!(related.kind.as_deref(), Some("VllmDeployment"));
+        assert_eq!(related.uid.as_deref(), Some("dep-uid"));
+        let about_deployment = Event::default();
+        let (regarding, related) = event_references(&dep, &about_deployment, None);
+        assert_eq!(regarding.kind.as_deref(), Some("VllmDeployment"));
+        assert!(related.is_none());
+    }
 }

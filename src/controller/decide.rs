@@ -70,11 +70,14 @@ pub enum Action {
     Delete { pod: String, reason: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Event {
     pub warning: bool,
     pub reason: String,
     pub message: String,
+    /// The pod the event is about: it is recorded on that pod (`regarding`), with the
+    /// deployment as `related`, so that the series of different pods stay apart.
+    pub pod: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +207,7 @@ pub fn reconcile(
                     }
                     .into(),
                     message: format!("{}: {reason}; replacing it with a fresh placement", p.name),
+                    pod: Some(p.name.clone()),
                 });
                 ledger.release(&pod_ref(&p.name));
                 failures.replica_failed(&dep.namespace, &dep.name, p.replica, reason.clone());
@@ -316,6 +320,7 @@ pub fn reconcile(
                                     cur.name,
                                     p.replaced_args.join(", ")
                                 ),
+                                pod: Some(cur.name.clone()),
                             });
                         }
                         let mut reason = p.reason.clone();
@@ -329,6 +334,7 @@ pub fn reconcile(
                             warning: false,
                             reason: "Placed".into(),
                             message: format!("{}: {}", cur.name, p.reason),
+                            pod: Some(cur.name.clone()),
                         });
                         placements.push(status.clone());
                         actions.push(Action::Release {
@@ -497,6 +503,8 @@ pub fn reconcile(
         utilization: summary(placed_iter().map(|p| format!("{:.2}", p.gpu_memory_utilization))),
         state: Some(state.to_string()),
         placements,
+        selector: Some(super::pod::selector_string(&dep.name)),
+        service_name: Some(super::service::service_name(&dep.name)),
     };
     Outcome {
         actions,

@@ -14,12 +14,15 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, HTTPGetAction, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSchedulingGate,
-    PodSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::{self, VllmDeployment, VllmDeploymentSpec};
 use crate::plan;
@@ -39,7 +42,9 @@ pub const ANNOTATION_LAUNCH_PLAN: &str = "vllm-operator.io/launch-plan";
 /// JSON array: the `vllm serve MODEL` arguments the planner chose.
 pub const ANNOTATION_ARGS: &str = "vllm-operator.io/args";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// The node field a `matchFields` requirement may select on; the scheduler supports only this
+/// one (k8s.io/api core/v1 `NodeSelectorTerm.matchFields`; `metav1.ObjectNameField`).
+pub const NODE_NAME_FIELD: &str = "metadata.name";
 pub const VLLM_CONTAINER: &str = "vllm";
 
 const LAUNCHER_DIR: &str = "/vllm-operator/bin";
@@ -81,6 +86,77 @@ pub fn selector_labels(deployment: &str) -> BTreeMap<String, String> {
         (LABEL_INSTANCE.to_string(), deployment.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
     ])
+}
+
+/// `selector_labels` as a label selector string (`k=v,k=v`, sorted), as the scale
+/// subresource's `status.selector` carries it.
+pub fn selector_string(deployment: &str) -> String {
+    selector_labels(deployment)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `over` laid onto `base` field by field: objects merge recursively, lists and scalars in
+/// `over` replace those in `base`.
+fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// The operator's `default` with the user's `over` merged onto it.
+fn overlay<T: Serialize + DeserializeOwned>(
+    what: &'static str,
+    default: T,
+    over: Option<&T>,
+) -> Result<T, BuildError> {
+    let Some(over) = over else { return Ok(default) };
+    let encode = |e: serde_json::Error| BuildError::Encode {
+        what,
+        reason: e.to_string(),
+    };
+    let mut merged = serde_json::to_value(&default).map_err(encode)?;
+    merge_json(&mut merged, serde_json::to_value(over).map_err(encode)?);
+    serde_json::from_value(merged).map_err(encode)
+}
+
+/// The pod-level default: the container runtime's seccomp profile, which the `restricted`
+/// Pod Security level requires of the pod or of every container
+/// (k8s staging/src/k8s.io/pod-security-admission/policy/check_seccompProfile_restricted.go).
+fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every container's default: no privilege escalation and no capabilities, the `restricted`
+/// rules that do not need a non-root image (pod-security-admission/policy/
+/// check_allowPrivilegeEscalation.go, check_capabilities_restricted.go).
+fn default_container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The controller owner reference (with blockOwnerDeletion) to the deployment.
@@ -197,15 +273,11 @@ pub fn gated_pod(
             limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
             ..Default::default()
         }),
+        // The launcher image runs as non-root and only writes to its emptyDir.
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..default_container_security_context()
         }),
         ..Default::default()
     };
@@ -244,6 +316,11 @@ pub fn gated_pod(
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(overlay(
+            "spec.securityContext",
+            default_container_security_context(),
+            spec.security_context.as_ref(),
+        )?),
         volume_mounts: Some(vec![
             mount("launcher", LAUNCHER_DIR, true),
             mount("plan", PLAN_DIR, true),
@@ -270,6 +347,15 @@ pub fn gated_pod(
             restart_policy: Some("Never".into()),
             // A Service named `vllm` would inject VLLM_PORT=tcp://..., which vLLM misreads.
             enable_service_links: Some(false),
+            // vLLM never calls the Kubernetes API: no token in the pod.
+            automount_service_account_token: Some(false),
+            security_context: Some(overlay(
+                "spec.podSecurityContext",
+                default_pod_security_context(),
+                spec.pod_security_context.as_ref(),
+            )?),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.clone()),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
             volumes: Some(vec![
@@ -301,9 +387,17 @@ pub fn serve_args(command: &[String]) -> Vec<String> {
     }
 }
 
-/// `current` released to `placement`: required node affinity on the node's hostname added
-/// (to every required term, the only change allowed while gated), the placement gate removed,
-/// and the plan annotations set. Never `nodeName`: the scheduler must still admit the pod.
+/// `current` released to `placement`: required node affinity on the node's name added, the
+/// placement gate removed, and the plan annotations set. Never `nodeName`: the scheduler must
+/// still admit the pod.
+///
+/// The pin is `matchFields: metadata.name In [NODE]`, as the DaemonSet controller pins its pods
+/// (k8s pkg/controller/daemon/util/daemonset_util.go, ReplaceDaemonSetPodNodeNameNodeAffinity):
+/// the `kubernetes.io/hostname` label need not equal the node's name. The API server accepts
+/// this update only while the pod is gated, and only as an addition to every existing required
+/// term (k8s pkg/apis/core/validation/validation.go, ValidatePodUpdate: `podIsGated` ->
+/// validateNodeAffinityMutation), which is what this does, in the same update that removes
+/// the gate (checked against the old, still gated pod).
 pub fn released_pod(
     current: &Pod,
     placement: &plan::Placement,
@@ -338,7 +432,7 @@ pub fn released_pod(
         gates.retain(|g| g.name != PLACEMENT_GATE);
     }
     let pin = NodeSelectorRequirement {
-        key: HOSTNAME_LABEL.into(),
+        key: NODE_NAME_FIELD.into(),
         operator: "In".into(),
         values: Some(vec![placement.node.clone()]),
     };
@@ -357,7 +451,7 @@ pub fn released_pod(
             .push(NodeSelectorTerm::default());
     }
     for term in &mut required.node_selector_terms {
-        term.match_expressions
+        term.match_fields
             .get_or_insert_with(Vec::new)
             .push(pin.clone());
     }
@@ -457,6 +551,121 @@ mod tests {
         let mut image = d.spec.clone();
         image.image = "vllm/vllm-openai:v0.10.2".into();
         assert_ne!(spec_hash(&image), h);
+    }
+
+    /// The planner's placement of the fixture deployment on the fixture fleet, moved to `node`.
+    fn placement_on(node: &str) -> plan::Placement {
+        let fixtures = format!("{}/tests/fixtures/controller", env!("CARGO_MANIFEST_DIR"));
+        let (deps, fleet, now) = crate::cli::plan::load(
+            &[format!("{fixtures}/deployment.yaml").into()],
+            format!("{fixtures}/fleet.yaml").as_ref(),
+            None,
+            120,
+        )
+        .unwrap();
+        let mut plans = crate::cli::plan::plan_deployments(&deps, &fleet, now);
+        let mut p = plans.remove(0).replicas.remove(0);
+        p.node = node.to_string();
+        p
+    }
+
+    #[test]
+    fn release_pins_by_node_name_with_match_fields_in_every_term() {
+        let d = deployment();
+        let p = placement_on("gpu-node-7.example.com");
+        let status = api::Placement::default();
+        let gated = gated_pod(&d, 0, "h", 1, "img").unwrap();
+        let released = released_pod(&gated, &p, &status).unwrap();
+        let required = released
+            .spec
+            .as_ref()
+            .unwrap()
+            .affinity
+            .clone()
+            .unwrap()
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap();
+        let want = NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "In".into(),
+            values: Some(vec!["gpu-node-7.example.com".into()]),
+        };
+        assert_eq!(
+            required.node_selector_terms,
+            vec![NodeSelectorTerm {
+                match_fields: Some(vec![want.clone()]),
+                match_expressions: None,
+            }]
+        );
+        // An existing required term keeps its expressions and gains the field: an addition,
+        // which is what the API server allows on a gated pod.
+        let mut with_terms = gated.clone();
+        let existing = NodeSelectorRequirement {
+            key: "pool".into(),
+            operator: "In".into(),
+            values: Some(vec!["gpu".into()]),
+        };
+        with_terms.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![existing.clone()]),
+                        match_fields: None,
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let released = released_pod(&with_terms, &p, &status).unwrap();
+        let terms = released
+            .spec
+            .unwrap()
+            .affinity
+            .unwrap()
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(
+            terms,
+            vec![NodeSelectorTerm {
+                match_expressions: Some(vec![existing]),
+                match_fields: Some(vec![want]),
+            }]
+        );
+    }
+
+    #[test]
+    fn image_pull_secrets_reach_the_pod() {
+        let mut d = deployment();
+        assert_eq!(
+            gated_pod(&d, 0, "h", 1, "img")
+                .unwrap()
+                .spec
+                .unwrap()
+                .image_pull_secrets,
+            None
+        );
+        d.spec.image_pull_secrets = vec![
+            k8s_openapi::api::core::v1::LocalObjectReference {
+                name: "registry".into(),
+            },
+            k8s_openapi::api::core::v1::LocalObjectReference {
+                name: "mirror".into(),
+            },
+        ];
+        let spec = gated_pod(&d, 0, "h", 1, "img").unwrap().spec.unwrap();
+        let names: Vec<String> = spec
+            .image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["registry", "mirror"]);
     }
 
     #[test]

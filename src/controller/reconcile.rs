@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::runtime::controller::Action as Requeue;
@@ -108,14 +109,77 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
         &ctx.settings.launcher_image,
     )?;
     apply::run_steps(ctx, dep, steps).await?;
-    apply::apply_service(ctx, dep).await?;
-    apply::patch_status(ctx, dep, outcome.status.clone()).await?;
-    apply::publish_events(ctx, dep, &outcome.events).await;
+    // The Service's fate goes into the status, which is written whether or not it applied.
+    let service = apply::apply_service(ctx, dep).await;
+    let mut status = outcome.status.clone();
+    let mut events = outcome.events.clone();
+    let (condition, service_error) = service_condition(service, dep.metadata.generation, now);
+    if condition.status != "True" && service_error.is_none() {
+        events.push(decide::Event {
+            warning: true,
+            reason: condition.reason.clone(),
+            message: condition.message.clone(),
+            pod: None,
+        });
+    }
+    let conflict = condition.reason == REASON_SERVICE_CONFLICT;
+    status.conditions.push(condition);
+    apply::patch_status(ctx, dep, status).await?;
+    apply::publish_events(ctx, dep, &events, &pods).await;
     record_metrics(ctx, dep, &outcome);
-    Ok(match outcome.requeue_after {
+    if let Some(e) = service_error {
+        return Err(e);
+    }
+    // Nothing watches the other owner's Service: look again in a while.
+    let requeue_after = match outcome.requeue_after {
+        Some(after) if conflict => Some(after.min(SERVICE_CONFLICT_RETRY)),
+        None if conflict => Some(SERVICE_CONFLICT_RETRY),
+        other => other,
+    };
+    Ok(match requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// The status condition about the deployment's Service.
+pub const CONDITION_SERVICE: &str = "ServiceReady";
+pub const REASON_SERVICE_CONFLICT: &str = "ServiceConflict";
+const SERVICE_CONFLICT_RETRY: Duration = Duration::from_secs(60);
+
+/// The `ServiceReady` condition for the Service apply's result, and the error to return after
+/// the status is written (a failed apply other than a conflict is retried with backoff).
+pub fn service_condition(
+    applied: Result<apply::ServiceApplied, Error>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (Condition, Option<Error>) {
+    let (ok, reason, message, error) = match applied {
+        Ok(apply::ServiceApplied::Applied { name }) => (
+            true,
+            "Applied",
+            format!("Service {name} routes to the ready replicas"),
+            None,
+        ),
+        Ok(apply::ServiceApplied::Conflict { name, message }) => (
+            false,
+            REASON_SERVICE_CONFLICT,
+            format!(
+                "Service {name} exists with fields another manager owns; not overwritten: {message}"
+            ),
+            None,
+        ),
+        Err(e) => (false, "ApplyFailed", e.to_string(), Some(e)),
+    };
+    let condition = Condition {
+        type_: CONDITION_SERVICE.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    };
+    (condition, error)
 }
 
 /// What the CRD's schema cannot check.

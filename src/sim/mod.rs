@@ -171,6 +171,7 @@ pub fn run(
                 warning,
                 reason,
                 message,
+                ..
             } in outcome.events
             {
                 events.push(SimEvent {
