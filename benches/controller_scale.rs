@@ -115,6 +115,9 @@ fn deployment(i: usize, models: &[&str]) -> VllmDeployment {
         resources: None,
         node_selector: BTreeMap::new(),
         tolerations: vec![],
+        image_pull_secrets: vec![],
+        pod_security_context: None,
+        security_context: None,
         port: 8000,
     };
     let mut d = VllmDeployment::new(&format!("model-{i:04}"), spec);
