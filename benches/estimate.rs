@@ -24,6 +24,7 @@ fn shapes() -> Vec<Shape> {
                     max_num_batched_tokens: None,
                     enforce_eager: false,
                     family: VllmFamily::V0_11,
+                    estimate_cuda_graphs: None,
                 });
             }
         }

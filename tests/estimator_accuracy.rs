@@ -83,9 +83,6 @@ fn run_case(path: &PathBuf) -> Option<Case> {
         None | Some("none") => Quantization::None,
         Some(q) => q.parse().unwrap_or(Quantization::None),
     };
-    if f.quantization.as_deref() == Some("bitsandbytes") {
-        return None; // on-the-fly 4-bit bitsandbytes is not sized by the estimator
-    }
     let max_model_len = f.max_model_len.unwrap_or(arch.max_position_embeddings);
     let shape = Shape {
         tensor_parallel_size: f.tensor_parallel_size,
@@ -101,6 +98,7 @@ fn run_case(path: &PathBuf) -> Option<Case> {
         max_num_batched_tokens: f.max_num_batched_tokens,
         enforce_eager: f.enforce_eager.unwrap_or(false),
         family: family(&f),
+        estimate_cuda_graphs: None,
     };
     let total = f.logged.total_gpu_memory_gib.map(|g| (g * GIB) as u64);
     let gpu = GpuFacts {
@@ -128,6 +126,8 @@ fn run_case(path: &PathBuf) -> Option<Case> {
     ) {
         let kv = est.kv_cache(total, u);
         let kv_gib = kv.kv_cache_bytes as f64 / GIB;
+        // A negative logged budget is vLLM failing to start; ours then leaves nothing.
+        let logged_kv = logged_kv.max(0.0);
         let err = (kv_gib - logged_kv) / logged_kv.abs().max(0.01);
         kv_error = Some(err);
         line += &format!(

@@ -23,6 +23,7 @@ fn shape(tp: u32) -> Shape {
         max_num_batched_tokens: None,
         enforce_eager: false,
         family: VllmFamily::V0_11,
+        estimate_cuda_graphs: None,
     }
 }
 
@@ -191,9 +192,16 @@ fn invalid_shapes_say_why() {
         compute_capability: Some((8, 0)),
         ..gpu.clone()
     };
+    // FP8 Marlin on 8.0 since vLLM 0.5.1; 0.11 (in `shape`) still needs 8.0, so a T4 fails.
+    assert!(validate_shape(&llama, &s, &a100).is_ok());
+    let t4 = GpuFacts {
+        compute_capability: Some((7, 5)),
+        ..gpu.clone()
+    };
     assert!(
-        err(&s, &a100)
-            .starts_with("fp8 W8A8 needs compute capability 8.9 or newer; this GPU has 8.0")
+        err(&s, &t4).starts_with("fp8 weights need compute capability 8.0 or newer in vLLM 0.11.0"),
+        "{}",
+        err(&s, &t4)
     );
     assert!(validate_shape(&llama, &s, &gpu).is_ok());
     // Qwen2.5-7B has 28 heads: tp 8 cannot split them.
@@ -236,10 +244,14 @@ fn kv_cache_from_total_and_utilization() {
 
 #[test]
 fn vllm_versions_parse_into_families() {
-    assert_eq!(VllmFamily::parse("0.6.3.post1").unwrap(), VllmFamily::V0);
+    assert_eq!(
+        VllmFamily::parse("0.6.3.post1").unwrap(),
+        VllmFamily::new(6, 3)
+    );
+    assert!(VllmFamily::parse("0.6.3.post1").unwrap().rules().v0_engine);
     assert_eq!(VllmFamily::parse("v0.11.0").unwrap(), VllmFamily::V0_11);
-    assert_eq!(VllmFamily::parse("0.21.1").unwrap(), VllmFamily::V0_21);
-    assert_eq!(VllmFamily::parse("1.0.0").unwrap(), VllmFamily::V0_21);
+    assert_eq!(VllmFamily::parse("0.21.1").unwrap(), VllmFamily::new(21, 1));
+    assert_eq!(VllmFamily::parse("1.0.0").unwrap(), VllmFamily::NEWEST);
     assert!(VllmFamily::parse("latest").is_err());
 }
 

@@ -744,21 +744,22 @@ fn classic_desktop_gpu_gets_a_utilization_that_passes_where_0_9_would_not() {
     // vLLM's old default asks for ceil(0.9 * 8 GiB) = 7.2 GiB: more than is free at all.
     assert!(!passes_startup_check(g.total_bytes, g.free_bytes, 0.9));
     assert!(p.fit.utilization() < 0.9);
-    // floor((free - overhead - CUDA graphs - headroom) / total): 0.73, the most that is safe.
+    // floor((free - overhead - CUDA graphs - headroom) / total): 0.71, the most that is safe
+    // (vLLM 0.11's own 0.66 GiB before its check: `model::family`).
     let outside = p.launch_plan.startup_overhead_bytes + p.launch_plan.headroom_bytes;
     assert_eq!(
         p.fit.utilization_pct,
         (g.free_bytes - outside) * 100 / g.total_bytes
     );
-    assert_eq!(p.fit.utilization_pct, 73, "{}", p.reason);
+    assert_eq!(p.fit.utilization_pct, 71, "{}", p.reason);
     assert_eq!((p.node.as_str(), p.gpus.as_slice()), ("desktop", &[0][..]));
     assert!(
         p.command
-            .ends_with(&["--gpu-memory-utilization".into(), "0.73".into()])
+            .ends_with(&["--gpu-memory-utilization".into(), "0.71".into()])
     );
     // A sentence a person reads: shape, node, GPUs, utilization, KV cache and weights.
     let words = format!(
-        "tp 1, no quantization, kv cache auto on desktop (GPUs [0]): utilization 0.73 leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
+        "tp 1, no quantization, kv cache auto on desktop (GPUs [0]): utilization 0.71 leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         p.fit.kv_cache_bytes as f64 / GIB as f64,
         p.kv_cache_tokens,
         p.estimate.weights_bytes_per_gpu as f64 / GIB as f64,

@@ -399,7 +399,7 @@ pub struct Placement {
 }
 
 fn default_image() -> String {
-    "vllm/vllm-openai:v0.11.0".to_string()
+    "vllm/vllm-openai:v0.33.0".to_string()
 }
 fn default_replicas() -> i32 {
     1

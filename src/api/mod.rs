@@ -34,7 +34,9 @@ pub enum Quantization {
     /// The checkpoint's own dtype (bf16/fp16).
     #[default]
     None,
-    /// FP8 W8A8 (needs compute capability 8.9+).
+    /// FP8: W8A8 on compute capability 8.9+, weight-only FP8 Marlin on 8.0+ (7.5+ from vLLM
+    /// 0.14). On an unquantized checkpoint vLLM quantizes online (`--quantization fp8`, or
+    /// `fp8_per_tensor` from 0.31); a checkpoint already in fp8 needs no flag.
     Fp8,
     /// 4-bit AWQ checkpoint.
     Awq,
@@ -44,16 +46,19 @@ pub enum Quantization {
     Gptq,
     /// 4-bit GPTQ checkpoint with Marlin kernels (compute capability 8.0+).
     GptqMarlin,
+    /// In-flight 4-bit NF4 of every linear layer (compute capability 7.0+); vLLM up to 0.27.
+    Bitsandbytes,
 }
 
 impl Quantization {
-    pub const ALL: [Quantization; 6] = [
+    pub const ALL: [Quantization; 7] = [
         Quantization::None,
         Quantization::Fp8,
         Quantization::Awq,
         Quantization::AwqMarlin,
         Quantization::Gptq,
         Quantization::GptqMarlin,
+        Quantization::Bitsandbytes,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Quantization {
             Quantization::AwqMarlin => "awq_marlin",
             Quantization::Gptq => "gptq",
             Quantization::GptqMarlin => "gptq_marlin",
+            Quantization::Bitsandbytes => "bitsandbytes",
         }
     }
 }

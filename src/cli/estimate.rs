@@ -35,16 +35,20 @@ pub struct EstimateArgs {
     pub max_num_batched_tokens: Option<u64>,
     #[arg(long = "enforce-eager")]
     pub enforce_eager: bool,
+    /// VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS as the pod would set it (0 or 1).
+    #[arg(long = "estimate-cuda-graphs")]
+    pub estimate_cuda_graphs: Option<u8>,
     /// Total memory of one GPU as CUDA reports it, in bytes.
     #[arg(long = "gpu-total-bytes")]
     pub gpu_total_bytes: Option<u64>,
-    /// Defaults to vLLM's default for the version (0.9, or 0.92 from 0.21).
+    /// Defaults to vLLM's default for the version (0.9, or 0.92 from 0.20).
     #[arg(long = "gpu-memory-utilization")]
     pub gpu_memory_utilization: Option<f64>,
     /// GPU compute capability, e.g. 8.9, for the quantization hardware rules.
     #[arg(long = "compute-capability")]
     pub compute_capability: Option<String>,
-    #[arg(long = "vllm-version", default_value = "0.11.0")]
+    /// vLLM release whose rules apply (the newest known by default).
+    #[arg(long = "vllm-version", default_value = "0.33.0")]
     pub vllm_version: String,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -137,6 +141,7 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
         max_num_batched_tokens: args.max_num_batched_tokens,
         enforce_eager: args.enforce_eager,
         family,
+        estimate_cuda_graphs: args.estimate_cuda_graphs.map(|v| v != 0),
     };
     let gpu = GpuFacts {
         total_bytes: args.gpu_total_bytes,

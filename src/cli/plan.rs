@@ -117,11 +117,13 @@ pub fn fleet_time(gpunodes: &[GpuNode]) -> Option<Timestamp> {
         .max()
 }
 
-/// The vLLM family of an image tag such as `vllm/vllm-openai:v0.11.0`; unknown tags (`latest`)
-/// are taken as the newest family.
+/// The vLLM release of an image tag such as `vllm/vllm-openai:v0.11.0`; unknown tags (`latest`,
+/// `nightly`), digests (`@sha256:...`) and untagged images are planned as the newest release.
 pub fn family_from_image(image: &str) -> VllmFamily {
-    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-    VllmFamily::parse(tag).unwrap_or(VllmFamily::V0_21)
+    let name = image.split_once('@').map_or(image, |(n, _)| n);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let tag = last.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    VllmFamily::parse(tag).unwrap_or(VllmFamily::NEWEST)
 }
 
 /// The architecture of a deployment's model, offline (inline, catalog).

@@ -29,6 +29,11 @@ pub struct LaunchPlan {
     /// Upper bound on the utilization (`spec.memory.maxUtilization`).
     pub max_utilization: f64,
     pub strategy: MemoryStrategy,
+    /// vLLM 0.6.4.x and 0.8.0-0.9.0.x: no startup check, and what other processes hold when
+    /// vLLM starts is charged to `u * total` (`model::family`); `required_bytes` then includes
+    /// vLLM's own context and `startup_overhead_bytes` is only what sits outside the budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub others_in_budget: bool,
 }
 
 /// One GPU as NVML reports it.
@@ -122,10 +127,38 @@ pub fn bounds(gpu: GpuMemoryView, plan: &LaunchPlan) -> Bounds {
         max_pct -= 1;
     }
     let need = plan.required_bytes.saturating_add(plan.min_kv_bytes);
+    if plan.others_in_budget {
+        return others_in_budget_bounds(gpu, plan, need, cap_pct);
+    }
     let min_pct = need
         .saturating_mul(UTILIZATION_STEPS)
         .div_ceil(cuda_total)
         .max(1);
+    Bounds { min_pct, max_pct }
+}
+
+/// Bounds where vLLM charges other processes' memory to its budget and has no startup check:
+/// its KV cache is `u * total - (total - free) - required`, so the budget must hold what others
+/// use as well; and whatever `u` is, what vLLM then allocates (`u * total - (total - free)`)
+/// plus what sits outside the budget (CUDA graphs) and our headroom must fit in `free`, i.e.
+/// `u * total <= total - outside - headroom`.
+fn others_in_budget_bounds(
+    gpu: GpuMemoryView,
+    plan: &LaunchPlan,
+    need: u64,
+    cap_pct: u64,
+) -> Bounds {
+    let cuda_total = gpu.cuda_total_bytes().max(1);
+    let used_by_others = cuda_total.saturating_sub(gpu.free_bytes);
+    let min_pct = need
+        .saturating_add(used_by_others)
+        .saturating_mul(UTILIZATION_STEPS)
+        .div_ceil(cuda_total)
+        .max(1);
+    let room = cuda_total
+        .saturating_sub(plan.startup_overhead_bytes)
+        .saturating_sub(plan.headroom_bytes);
+    let max_pct = (room.saturating_mul(UTILIZATION_STEPS) / cuda_total).min(cap_pct);
     Bounds { min_pct, max_pct }
 }
 
@@ -180,7 +213,16 @@ pub fn choose_for_gpus(
     };
     let kv_cache_bytes = gpus
         .iter()
-        .map(|g| budget_bytes(g.cuda_total_bytes(), pct).saturating_sub(plan.required_bytes))
+        .map(|g| {
+            let others = if plan.others_in_budget {
+                g.cuda_total_bytes().saturating_sub(g.free_bytes)
+            } else {
+                0
+            };
+            budget_bytes(g.cuda_total_bytes(), pct)
+                .saturating_sub(plan.required_bytes)
+                .saturating_sub(others)
+        })
         .min()
         .unwrap_or(0);
     Ok((
@@ -222,6 +264,7 @@ mod tests {
             headroom_bytes: 256 * MIB,
             max_utilization: 0.95,
             strategy,
+            others_in_budget: false,
         }
     }
 
@@ -297,6 +340,36 @@ mod tests {
         let (at, short) = choose_for_gpus(&[roomy, starved], &p).unwrap_err();
         assert_eq!(at, 1);
         assert_eq!(short.free_bytes, 10 * GIB);
+    }
+
+    /// vLLM 0.8.0-0.9.0.x / 0.6.4.x (0.9.0 `v1/worker/gpu_worker.py:167-214`): on a GPU where
+    /// another process holds 20 GiB, the budget must hold those 20 GiB too, and no startup
+    /// check caps `u` by what is free.
+    #[test]
+    fn others_in_budget_charges_their_memory_to_the_utilization() {
+        let gpu = GpuMemoryView {
+            total_bytes: 80 * GIB,
+            free_bytes: 60 * GIB,
+            reserved_bytes: 0,
+        };
+        let mut p = plan(16 * GIB, 4 * GIB, MemoryStrategy::Pack);
+        let per_instance = choose_utilization(gpu, &p).unwrap();
+        assert_eq!(per_instance.utilization_pct, 25);
+        p.others_in_budget = true;
+        p.startup_overhead_bytes = GIB; // CUDA graphs, outside the budget
+        let fit = choose_utilization(gpu, &p).unwrap();
+        // (16 + 4 + 20) GiB of 80.
+        assert_eq!(fit.utilization_pct, 50);
+        assert!(fit.kv_cache_bytes >= 4 * GIB);
+        p.strategy = MemoryStrategy::MaximizeCache;
+        // 80 - 1 (graphs) - 0.25 (headroom) = 78.75 GiB: 98 %, capped at 95 %.
+        assert_eq!(choose_utilization(gpu, &p).unwrap().utilization_pct, 95);
+        // 70 GiB used by others: 16 + 4 + 70 > 78.75.
+        let busy = GpuMemoryView {
+            free_bytes: 10 * GIB,
+            ..gpu
+        };
+        assert!(choose_utilization(busy, &p).is_err());
     }
 
     #[test]

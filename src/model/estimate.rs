@@ -8,6 +8,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::arch::{Architecture, Attention, CheckpointFormat};
+pub use super::family::VllmFamily;
+use super::family::{Fp8KvCache, Rules};
 use crate::api::{KvCacheDtype, Quantization};
 use crate::fit::{GpuMemoryView, LaunchPlan};
 
@@ -15,48 +17,6 @@ const MIB: u64 = 1 << 20;
 /// fp32 copies of the logits alive at the sampler's peak (see the activation estimate).
 const SAMPLER_LOGIT_COPIES: u64 = 10;
 const GIB: u64 = 1 << 30;
-
-/// vLLM versions differ in where CUDA graphs are counted and how the startup check rounds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum VllmFamily {
-    /// Before 0.8 (V0 engine): no startup check; without chunked prefill the profiling batch
-    /// is the whole `max_model_len`; CUDA graphs outside the budget.
-    V0,
-    /// 0.8 to 0.20: CUDA graphs are captured after the KV cache, outside `u * total`.
-    V0_11,
-    /// 0.21 and later: CUDA graph memory is estimated and taken from the budget.
-    V0_21,
-}
-
-impl VllmFamily {
-    /// Parse `0.11.0`, `v0.21.1`, `0.6.3.post1`...; versions before 0.9.1 behave like 0.11
-    /// for sizing (they had no startup check, which only makes our choice safer).
-    pub fn parse(version: &str) -> Result<Self, String> {
-        let v = version.trim().trim_start_matches('v');
-        let mut parts = v.split(['.', '+', '-']);
-        let major: u32 = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("cannot read vLLM version {version:?}"))?;
-        let minor: u32 = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("cannot read vLLM version {version:?}"))?;
-        Ok(match (major, minor) {
-            (0, 0..=7) => VllmFamily::V0,
-            (0, 8..=20) => VllmFamily::V0_11,
-            _ => VllmFamily::V0_21,
-        })
-    }
-
-    /// vLLM's default `--gpu-memory-utilization` in this family.
-    pub fn default_utilization(self) -> f64 {
-        match self {
-            VllmFamily::V0 | VllmFamily::V0_11 => 0.9,
-            VllmFamily::V0_21 => 0.92,
-        }
-    }
-}
 
 /// The vLLM arguments that change memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +29,9 @@ pub struct Shape {
     pub max_num_batched_tokens: Option<u64>,
     pub enforce_eager: bool,
     pub family: VllmFamily,
+    /// `VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` from the pod's environment (None: unset),
+    /// which moves CUDA graphs into or out of the budget where the release reads it.
+    pub estimate_cuda_graphs: Option<bool>,
 }
 
 /// What is known about the GPU, for defaults and hardware rules.
@@ -99,6 +62,10 @@ enum WeightFormat {
         group_size: u64,
     },
     Mxfp4Experts,
+    /// bitsandbytes 4-bit NF4 of every linear layer, at this many bytes per parameter.
+    Nf4 {
+        bytes_per_parameter: f64,
+    },
 }
 
 /// Bytes per parameter of each part of the model in a weight format.
@@ -119,6 +86,9 @@ impl WeightFormat {
         match self {
             WeightFormat::Dense => uniform(d),
             WeightFormat::Fp8 => uniform(1.0),
+            WeightFormat::Nf4 {
+                bytes_per_parameter,
+            } => uniform(bytes_per_parameter),
             WeightFormat::Int {
                 bits,
                 group_size: 0,
@@ -162,6 +132,9 @@ pub struct Estimate {
     pub kv_bytes_per_request: u64,
     /// CUDA graphs taken from `u * total` (0.21+) rather than outside it.
     pub cuda_graphs_in_budget: bool,
+    /// 0.6.4.x and 0.8.0-0.9.0.x: memory other processes hold at startup (and vLLM's own
+    /// context) is charged to `u * total`; there is no startup check.
+    pub others_in_budget: bool,
     pub max_model_len: u64,
 }
 
@@ -187,7 +160,17 @@ impl Estimate {
         } else {
             0
         };
-        self.weights_bytes_per_gpu + self.activation_peak_bytes + self.non_torch_bytes + graphs
+        // Where other processes count against the budget, so does vLLM's own context.
+        let own = if self.others_in_budget {
+            self.startup_overhead_bytes
+        } else {
+            0
+        };
+        self.weights_bytes_per_gpu
+            + self.activation_peak_bytes
+            + self.non_torch_bytes
+            + graphs
+            + own
     }
 
     /// Memory that must be free beyond `u * total`: vLLM's own overhead, and the CUDA graphs
@@ -198,7 +181,12 @@ impl Estimate {
         } else {
             self.cuda_graph_bytes
         };
-        self.startup_overhead_bytes + graphs
+        let own = if self.others_in_budget {
+            0
+        } else {
+            self.startup_overhead_bytes
+        };
+        own + graphs
     }
 
     /// KV cache needed for `concurrency` requests of `max_model_len`, plus vLLM's null block.
@@ -239,6 +227,7 @@ impl Estimate {
             headroom_bytes,
             max_utilization,
             strategy,
+            others_in_budget: self.others_in_budget,
         }
     }
 
@@ -257,7 +246,11 @@ fn cc_at_least(gpu: &GpuFacts, major: u32, minor: u32) -> Result<(), (u32, u32)>
 }
 
 /// The weight format a shape runs with, or why the checkpoint cannot take that quantization.
-fn weight_format(arch: &Architecture, q: Quantization) -> Result<WeightFormat, InvalidShape> {
+fn weight_format(
+    arch: &Architecture,
+    q: Quantization,
+    family: VllmFamily,
+) -> Result<WeightFormat, InvalidShape> {
     use CheckpointFormat as C;
     use Quantization as Q;
     let published = match &arch.checkpoint {
@@ -275,8 +268,18 @@ fn weight_format(arch: &Architecture, q: Quantization) -> Result<WeightFormat, I
             "quantization {q} needs a checkpoint published in that format; this one is {published}"
         ))
     };
+    let bitsandbytes = || match family.rules().bitsandbytes {
+        Some(b) => Ok(WeightFormat::Nf4 {
+            bytes_per_parameter: b.bytes_per_parameter,
+        }),
+        None => Err(InvalidShape(format!(
+            "vLLM {family} has no bitsandbytes quantization (removed in 0.28.0)"
+        ))),
+    };
     Ok(match (&arch.checkpoint, q) {
         (C::Dense, Q::None) => WeightFormat::Dense,
+        (C::Dense, Q::Bitsandbytes) => bitsandbytes()?,
+        (C::Other(m), Q::None | Q::Bitsandbytes) if m == "bitsandbytes" => bitsandbytes()?,
         (C::Dense, Q::Fp8) | (C::Fp8, Q::None | Q::Fp8) => WeightFormat::Fp8,
         (C::FbgemmFp8, Q::None | Q::Fp8) => WeightFormat::Fp8FeedForward,
         (C::Awq { group_size }, Q::None | Q::Awq | Q::AwqMarlin) => WeightFormat::Int {
@@ -341,14 +344,38 @@ pub fn validate_shape(
     if shape.max_model_len == 0 {
         return Err(InvalidShape("max model len must be at least 1".into()));
     }
-    let format = weight_format(arch, shape.quantization)?;
+    let rules = shape.family.rules();
+    let format = weight_format(arch, shape.quantization, shape.family)?;
+    validate_kv_cache(shape, gpu, rules)?;
     let shard_in = per_rank_intermediate / tp as u64;
     match format {
+        // FP8 W8A8 on 8.9+, weight-only FP8 Marlin below it down to the release's minimum.
         WeightFormat::Fp8 | WeightFormat::Fp8FeedForward => {
-            if let Err((ma, mi)) = cc_at_least(gpu, 8, 9) {
+            let (ma, mi) = rules.fp8_weights_min_cc;
+            if let Err((ga, gi)) = cc_at_least(gpu, ma, mi) {
                 return Err(InvalidShape(format!(
-                    "fp8 W8A8 needs compute capability 8.9 or newer; this GPU has {ma}.{mi} (vLLM would fall back to slower Marlin W8A16)"
+                    "fp8 weights need compute capability {ma}.{mi} or newer in vLLM {} (weight-only FP8 Marlin below 8.9); this GPU has {ga}.{gi}",
+                    shape.family
                 )));
+            }
+        }
+        WeightFormat::Nf4 { .. } => {
+            let min = rules.bitsandbytes.map_or((7, 0), |b| b.min_cc);
+            if let Err((ga, gi)) = cc_at_least(gpu, min.0, min.1) {
+                return Err(InvalidShape(format!(
+                    "bitsandbytes needs compute capability {}.{} or newer; this GPU has {ga}.{gi}",
+                    min.0, min.1
+                )));
+            }
+            // vLLM 0.27.0 `model_loader/bitsandbytes_loader.py:548-553`: "The quant_states in
+            // pre_quantized models cannot work with a split weight tensor".
+            if tp > 1
+                && matches!(&arch.checkpoint, CheckpointFormat::Other(m) if m == "bitsandbytes")
+            {
+                return Err(InvalidShape(
+                    "a pre-quantized bitsandbytes checkpoint cannot be split by tensor parallelism"
+                        .into(),
+                ));
             }
         }
         WeightFormat::Int { group_size, .. }
@@ -392,12 +419,58 @@ pub fn validate_shape(
     Ok(())
 }
 
-/// vLLM's defaults for the batch: 8192 tokens / 1024 sequences on GPUs of 70 GiB or more
-/// (except A100), else 2048 / 256.
-fn batch_defaults(gpu: &GpuFacts) -> (u64, u64) {
-    let big = gpu.total_bytes.is_some_and(|t| t >= 70 * GIB)
-        && !gpu.product.as_deref().is_some_and(|p| p.contains("A100"));
+/// Does the release run this KV cache dtype on this GPU?
+fn validate_kv_cache(shape: &Shape, gpu: &GpuFacts, rules: &Rules) -> Result<(), InvalidShape> {
+    if shape.kv_cache_dtype == KvCacheDtype::Auto {
+        return Ok(());
+    }
+    if let Fp8KvCache::FailsBelow((ma, mi)) = rules.fp8_kv_cache
+        && let Err((ga, gi)) = cc_at_least(gpu, ma, mi)
+    {
+        return Err(InvalidShape(format!(
+            "an fp8 KV cache needs compute capability {ma}.{mi} or newer in vLLM {} (its Triton attention backend quantizes queries to fp8; FlashInfer takes over from 0.12); this GPU has {ga}.{gi}",
+            shape.family
+        )));
+    }
+    Ok(())
+}
+
+/// Does vLLM fall back to its V0 engine for this shape (an fp8 KV cache the V1 engine of 0.8 to
+/// 0.10 cannot serve on this GPU)?
+fn falls_back_to_v0(shape: &Shape, gpu: &GpuFacts, rules: &Rules) -> bool {
+    match rules.fp8_kv_cache {
+        Fp8KvCache::V0FallbackBelow((ma, mi)) => {
+            shape.kv_cache_dtype != KvCacheDtype::Auto && cc_at_least(gpu, ma, mi).is_err()
+        }
+        _ => false,
+    }
+}
+
+/// vLLM's defaults for the batch, by NVML total (`engine/arg_utils.py`, 0.11.0 `:1595-1624`,
+/// 0.28.0 `:2572-2605`): 16384 tokens / 1024 sequences from 160 GiB (0.28+), 8192 / 1024 from
+/// 70 GiB except on A100, else 2048 / 256 (the API server's values).
+fn batch_defaults(gpu: &GpuFacts, rules: &Rules) -> (u64, u64) {
+    let total = gpu.total_bytes.unwrap_or(0);
+    if rules.batch_tier_160_gib && total >= 160 * GIB {
+        return (16384, 1024);
+    }
+    let big = total >= 70 * GIB && !gpu.product.as_deref().is_some_and(|p| p.contains("A100"));
     if big { (8192, 1024) } else { (2048, 256) }
+}
+
+/// CUDA-graph capture sizes: `[1, 2, 4] + range(8, max + 1, 8)` with `max = min(2 *
+/// max_num_seqs, 512)` from 0.10 (0.11.0 `config/scheduler.py:222-227`,
+/// `config/__init__.py:593-597`), a fixed 512 before (0.9.2 `config.py:2133`), and never more
+/// than the batched tokens. Returns how many sizes and the largest.
+fn capture_sizes(family: VllmFamily, max_num_seqs: u64, max_num_batched_tokens: u64) -> (u64, u64) {
+    let largest = if family >= VllmFamily::new(10, 0) {
+        (2 * max_num_seqs).min(512)
+    } else {
+        512
+    }
+    .min(max_num_batched_tokens);
+    let count = [1, 2, 4].iter().filter(|s| **s <= largest).count() as u64 + largest / 8;
+    (count, largest)
 }
 
 /// Estimate one shape. Fails with the reason when vLLM could not run it.
@@ -408,7 +481,8 @@ pub fn estimate(
 ) -> Result<Estimate, InvalidShape> {
     validate_shape(arch, shape, gpu)?;
     let tp = shape.tensor_parallel_size as u64;
-    let format = weight_format(arch, shape.quantization)?;
+    let rules = shape.family.rules();
+    let format = weight_format(arch, shape.quantization, shape.family)?;
     // vLLM runs float32 checkpoints in 16 bits by default.
     let dense = arch.dtype_bytes.min(2);
     let p = arch.parameter_breakdown();
@@ -444,8 +518,19 @@ pub fn estimate(
         + experts as f64 * bytes.experts) as u64
         + (embeddings + replicated) * dense;
     let dense_weights = (attention_per_rank + mlp + experts + embeddings + replicated) * dense;
+    // Quantizing online: before 0.16 fp8 loads the whole checkpoint in 16 bits first; from
+    // 0.16 (and bitsandbytes always, one tensor at a time: 0.27.0
+    // `model_loader/bitsandbytes_loader.py:420-437`) each weight is materialized in 16 bits
+    // just before it is quantized, so the peak is the quantized size plus about one layer.
+    let one_layer_dense =
+        (attention_per_rank + mlp + experts) / (arch.num_layers as u64).max(1) * dense;
     let weights_load_peak_bytes = match (format, &arch.checkpoint) {
-        (WeightFormat::Fp8, CheckpointFormat::Dense) => dense_weights,
+        (WeightFormat::Fp8, CheckpointFormat::Dense) if !rules.online_fp8_just_in_time => {
+            dense_weights
+        }
+        (WeightFormat::Fp8 | WeightFormat::Nf4 { .. }, CheckpointFormat::Dense) => {
+            weights + one_layer_dense
+        }
         _ => weights,
     };
 
@@ -469,8 +554,9 @@ pub fn estimate(
     let layers = arch.num_layers as u64;
     let kv_per_token = per_layer_token * layers;
 
-    let (mut default_tokens, mut default_seqs) = batch_defaults(gpu);
-    if shape.family == VllmFamily::V0 {
+    let (mut default_tokens, mut default_seqs) = batch_defaults(gpu, rules);
+    let v0_engine = rules.v0_engine || falls_back_to_v0(shape, gpu, rules);
+    if v0_engine {
         // V0: 256 sequences everywhere, and a whole max_model_len prompt is profiled when
         // chunked prefill is off (up to 32k).
         default_seqs = 256;
@@ -518,12 +604,27 @@ pub fn estimate(
     // Public logs: 0.03-0.35 GiB on one GPU; 0.25-0.55 GiB with tensor parallelism (custom
     // all-reduce buffers).
     let non_torch_bytes = if tp > 1 { 600 * MIB } else { 300 * MIB };
+    let cuda_graphs_in_budget = !v0_engine && rules.cuda_graphs.inside(shape.estimate_cuda_graphs);
     let cuda_graph_bytes = if shape.enforce_eager {
         0
     } else {
-        128 * MIB + 12 * MIB * layers
+        let mut g = 128 * MIB + 12 * MIB * layers;
+        if let Some(m) = &arch.moe
+            && tp > 1
+            && !cuda_graphs_in_budget
+        {
+            g += moe_graph_bytes(
+                m,
+                arch.hidden_size,
+                tp,
+                shape.family,
+                max_num_seqs,
+                max_num_batched_tokens,
+            );
+        }
+        g
     };
-    let startup_overhead_bytes = if tp > 1 { GIB } else { 512 * MIB };
+    let startup_overhead_bytes = rules.overhead.bytes(tp);
 
     Ok(Estimate {
         weights_bytes_per_gpu: weights,
@@ -537,9 +638,33 @@ pub fn estimate(
         max_num_batched_tokens,
         max_num_seqs,
         kv_bytes_per_request,
-        cuda_graphs_in_budget: shape.family == VllmFamily::V0_21,
+        cuda_graphs_in_budget,
+        others_in_budget: rules.others_in_budget,
         max_model_len: l,
     })
+}
+
+/// What CUDA graphs of a MoE model add with tensor parallelism where vLLM captures them outside
+/// its budget, which the flat per-layer figure misses. Two public reports of Qwen3-30B-A3B at
+/// tp 4 on A10s running out of memory in graph capture and starting with `--enforce-eager`
+/// (vllm-project/vllm#17469, 0.8.5 at the default 0.9, which leaves 2.2 GiB outside the
+/// budget; QwenLM/Qwen3#1387 at 0.7, which leaves 6.6 GiB, with 6.1 GiB outside PyTorch at the
+/// failure) put the cost above 1.7 MiB per MoE layer and capture size; we count 2 MiB. On top,
+/// the fused-MoE workspace of the largest captured batch (0.11.0
+/// `model_executor/layers/fused_moe/fused_moe.py:1538-1575`: `M * top_k * max(2 * I, H)` and
+/// `M * top_k * I` values in 16 bits, `I` the per-rank expert width).
+fn moe_graph_bytes(
+    moe: &super::arch::Moe,
+    hidden: u64,
+    tp: u64,
+    family: VllmFamily,
+    max_num_seqs: u64,
+    max_num_batched_tokens: u64,
+) -> u64 {
+    let (sizes, largest) = capture_sizes(family, max_num_seqs, max_num_batched_tokens);
+    let shard = moe.expert_intermediate_size / tp.max(1);
+    let workspace = largest * moe.experts_per_token * ((2 * shard).max(hidden) + shard) * 2;
+    moe.moe_layers as u64 * sizes * 2 * MIB + workspace
 }
 
 /// Bytes as GiB with two decimals, as vLLM prints them.

@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod catalog;
 pub mod estimate;
+pub mod family;
 pub mod hub;
 pub mod resolve;
 

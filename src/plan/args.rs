@@ -1,7 +1,7 @@
 //! The `vllm serve` argument list: the operator's memory flags, then the user's arguments with
 //! any flag the operator owns taken out (and reported, so the controller can say so).
 
-use crate::api::{KvCacheDtype, Quantization};
+use crate::api::KvCacheDtype;
 
 /// Flags whose value the planner decides; a user value for them is replaced.
 pub const OWNED_FLAGS: [&str; 7] = [
@@ -18,7 +18,8 @@ pub const OWNED_FLAGS: [&str; 7] = [
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeFlags {
     pub tensor_parallel_size: u32,
-    pub quantization: Quantization,
+    /// The `--quantization` value; None leaves vLLM to the checkpoint's own format.
+    pub quantization: Option<&'static str>,
     pub kv_cache_dtype: KvCacheDtype,
     pub max_model_len: u64,
     pub gpu_memory_utilization: f64,
@@ -68,9 +69,9 @@ pub fn serve_command(
         "--tensor-parallel-size".to_string(),
         flags.tensor_parallel_size.to_string(),
     ];
-    if flags.quantization != Quantization::None {
+    if let Some(method) = flags.quantization {
         out.push("--quantization".into());
-        out.push(flags.quantization.to_string());
+        out.push(method.to_string());
     }
     out.extend([
         "--kv-cache-dtype".to_string(),
@@ -106,7 +107,7 @@ mod tests {
         ]);
         let flags = ServeFlags {
             tensor_parallel_size: 4,
-            quantization: Quantization::Fp8,
+            quantization: Some("fp8"),
             kv_cache_dtype: KvCacheDtype::Auto,
             max_model_len: 8192,
             gpu_memory_utilization: 0.87,

@@ -101,6 +101,7 @@ pub fn candidate_shapes(
             kvs.push(*k);
         }
     }
+    let estimate_cuda_graphs = estimate_cuda_graphs_env(spec);
     let mut out = Vec::new();
     for q in &quants {
         for tp in &tps {
@@ -114,11 +115,43 @@ pub fn candidate_shapes(
                     max_num_batched_tokens: None,
                     enforce_eager: false,
                     family,
+                    estimate_cuda_graphs,
                 });
             }
         }
     }
     out
+}
+
+/// `VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` from `spec.env`, read as vLLM does:
+/// `bool(int(value))` (0.20.0 `envs.py:1724-1726`). None when unset or not a literal integer.
+pub fn estimate_cuda_graphs_env(spec: &VllmDeploymentSpec) -> Option<bool> {
+    spec.env
+        .iter()
+        .rev()
+        .find(|e| e.name == "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .map(|v| v != 0)
+}
+
+/// The `--quantization` value for a shape: None for no quantization and for a checkpoint that
+/// is already in the chosen format (vLLM reads its `quantization_config`); the online fp8
+/// method by release (`fp8`, `fp8_per_tensor` from 0.31: see `model::family`).
+pub fn quantization_flag(
+    arch: &Architecture,
+    q: Quantization,
+    family: VllmFamily,
+) -> Option<&'static str> {
+    use crate::model::arch::CheckpointFormat as C;
+    match (q, &arch.checkpoint) {
+        (Quantization::None, _) => None,
+        (Quantization::Fp8, C::Dense) => Some(family.rules().online_fp8_method),
+        (Quantization::Fp8, _) => None,
+        (Quantization::Bitsandbytes, C::Dense) => Some(q.as_str()),
+        (Quantization::Bitsandbytes, _) => None,
+        (q, _) => Some(q.as_str()),
+    }
 }
 
 /// GPUs of one product/size/capability share an estimate.
@@ -431,7 +464,7 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     let kv_cache_tokens = nf.fit.kv_cache_bytes / per_block * nf.estimate.block_size;
     let flags = ServeFlags {
         tensor_parallel_size: shape.tensor_parallel_size,
-        quantization: shape.quantization,
+        quantization: quantization_flag(req.arch, shape.quantization, shape.family),
         kv_cache_dtype: shape.kv_cache_dtype,
         max_model_len: shape.max_model_len,
         gpu_memory_utilization: nf.fit.utilization(),

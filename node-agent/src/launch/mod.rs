@@ -352,6 +352,7 @@ mod tests {
             headroom_bytes: 256 << 20,
             max_utilization: 0.95,
             strategy: MemoryStrategy::MaximizeCache,
+            others_in_budget: false,
         };
         let a = gpu(0, "GPU-a", 8 * GIB, 8 * GIB);
         let b = gpu(1, "GPU-b", 8 * GIB, 7_430_346_834);
