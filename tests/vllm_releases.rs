@@ -692,3 +692,56 @@ fn desktop_3070_takes_a_3b_model_with_bitsandbytes_only_where_the_image_has_it()
         "{lines:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 16: the default max model len.
+// ---------------------------------------------------------------------------------------------
+
+/// vLLM 0.11.0 `config/model.py:1763-1871` (`_get_and_verify_max_len`) on the text config:
+/// Gemma 3's omits `max_position_embeddings`, so transformers' default 131072 applies
+/// (transformers 4.50.0 `models/gemma3/configuration_gemma3.py:182`), and its linear rope factor
+/// is not applied again (l.1840-1842). Yarn scales `original_max_position_embeddings`; llama3
+/// rope is not scaled.
+#[test]
+fn default_max_model_len_is_derived_as_vllm_does() {
+    assert_eq!(
+        arch("google/gemma-3-27b-it").max_position_embeddings,
+        131_072
+    );
+    assert_eq!(
+        arch("meta-llama/Llama-3.1-8B-Instruct").max_position_embeddings,
+        131_072
+    );
+    assert_eq!(arch("openai/gpt-oss-20b").max_position_embeddings, 131_072);
+    assert_eq!(
+        arch("deepseek-ai/DeepSeek-V2-Lite").max_position_embeddings,
+        163_840
+    );
+    let cfg = |extra: &str| {
+        let v: serde_json::Value = serde_json::from_str(&format!(
+            r#"{{"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 64,
+                "intermediate_size": 128, "num_attention_heads": 4, "vocab_size": 100,
+                "max_position_embeddings": 32768 {extra}}}"#
+        ))
+        .unwrap();
+        Architecture::from_hf_config(&v)
+            .unwrap()
+            .max_position_embeddings
+    };
+    assert_eq!(cfg(""), 32768);
+    assert_eq!(
+        cfg(
+            r#", "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}"#
+        ),
+        131_072
+    );
+    assert_eq!(
+        cfg(r#", "rope_scaling": {"rope_type": "linear", "factor": 2.0}"#),
+        65536
+    );
+    assert_eq!(cfg(r#", "seq_length": 8192"#), 8192);
+    // The planner's default for a gemma-3-27b-it deployment.
+    let g = arch("google/gemma-3-27b-it");
+    let s = spec("google/gemma-3-27b-it", "vllm/vllm-openai:v0.33.0");
+    assert_eq!(vllm_operator::plan::max_model_len(&s, &g), 131_072);
+}

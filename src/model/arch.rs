@@ -178,7 +178,7 @@ impl Architecture {
             field: "torch_dtype",
             reason: format!("unknown dtype {dtype:?}"),
         })?;
-        let max_position_embeddings = get_u64(c, "max_position_embeddings").unwrap_or(4096);
+        let max_position_embeddings = derived_max_model_len(c, &model_type);
 
         let attention = match get_u64(c, "kv_lora_rank") {
             Some(kv_lora_rank) => Attention::Mla {
@@ -397,6 +397,52 @@ impl ParameterBreakdown {
     pub fn total(&self) -> u64 {
         self.attention + self.mlp + self.experts + self.embeddings + self.norms + self.extra
     }
+}
+
+/// The model's default max model len as vLLM derives it (0.11.0 `config/model.py:1763-1871`,
+/// `_get_and_verify_max_len`, on the text config, `transformers_utils/config.py:935-947`): the
+/// smallest of the length keys present; then, unless the rope type is `su`, `longrope` or
+/// `llama3` or the model is Gemma 3 ("Gemma3's max_model_len (128K) is already scaled by RoPE
+/// scaling", l.1840-1842), times the rope scaling factor, from `original_max_position_embeddings`
+/// for yarn. A key the file omits takes transformers' class default where vLLM would see one:
+/// Gemma 3's text config has 131072 (transformers 4.50.0
+/// `models/gemma3/configuration_gemma3.py:182`); otherwise 4096.
+fn derived_max_model_len(c: &Value, model_type: &str) -> u64 {
+    const KEYS: [&str; 9] = [
+        "max_position_embeddings",
+        "n_positions",
+        "max_seq_len",
+        "seq_length",
+        "model_max_length",
+        "max_target_positions",
+        "max_sequence_length",
+        "max_seq_length",
+        "seq_len",
+    ];
+    let gemma3 = model_type.contains("gemma3");
+    let stated = KEYS.iter().filter_map(|k| get_u64(c, k)).min();
+    let mut len = match stated {
+        Some(l) => l as f64,
+        None if gemma3 => 131_072.0,
+        None => 4096.0,
+    };
+    if let Some(rope) = c.get("rope_scaling").filter(|r| r.is_object())
+        && !gemma3
+    {
+        let rope_type = get_str(rope, "rope_type")
+            .or_else(|| get_str(rope, "type"))
+            .unwrap_or("default");
+        if !matches!(rope_type, "su" | "longrope" | "llama3") {
+            let factor = rope.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+            if rope_type == "yarn"
+                && let Some(original) = get_u64(rope, "original_max_position_embeddings")
+            {
+                len = original as f64;
+            }
+            len *= factor;
+        }
+    }
+    (len as u64).max(1)
 }
 
 /// `text_config` fields override the top level (vision-language models).
