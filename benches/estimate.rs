@@ -23,6 +23,7 @@ fn shapes() -> Vec<Shape> {
                     max_num_seqs: None,
                     max_num_batched_tokens: None,
                     enforce_eager: false,
+                    block_size: None,
                     family: VllmFamily::V0_11,
                     estimate_cuda_graphs: None,
                 });

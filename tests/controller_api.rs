@@ -300,8 +300,10 @@ async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
         assert!(plan["required_bytes"].as_u64().unwrap() > 0, "{plan}");
         let args: Vec<String> =
             serde_json::from_str(annotations["vllm-operator.io/args"].as_str().unwrap()).unwrap();
-        assert_eq!(args[..2], ["--tensor-parallel-size", "1"]);
-        assert!(args.contains(&"--enable-prefix-caching".to_string()));
+        // The user's arguments first, the planned flags last (argparse keeps the last).
+        assert_eq!(args[0], "--enable-prefix-caching");
+        assert_eq!(args[args.len() - 2], "--gpu-memory-utilization");
+        assert!(args.contains(&"--tensor-parallel-size".to_string()));
         // The user's --gpu-memory-utilization is replaced by the planned one, not repeated.
         let flag = args
             .iter()

@@ -97,6 +97,7 @@ fn run_case(path: &PathBuf) -> Option<Case> {
         max_num_seqs: f.max_num_seqs,
         max_num_batched_tokens: f.max_num_batched_tokens,
         enforce_eager: f.enforce_eager.unwrap_or(false),
+        block_size: None,
         family: family(&f),
         estimate_cuda_graphs: None,
     };

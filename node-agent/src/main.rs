@@ -228,6 +228,9 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
             Err(e) => return fail(format!("vllm-operator: bad-args: {e}")),
         }
     }
+    if let Err(e) = launch::check_command_config(&command) {
+        return fail(format!("vllm-operator: bad-args: {e}"));
+    }
     let plan: LaunchPlan = match serde_json::from_str(&plan_json) {
         Ok(p) => p,
         Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),

@@ -56,15 +56,16 @@ fn execs_the_command_with_the_utilization_of_the_tightest_gpu() {
         .lines()
         .map(str::to_string)
         .collect();
-    // GPU 1 (6.92 of 8 GiB free) is the tightest: the shared rule gives 0.77 there.
+    // GPU 1 (6.92 of 8 GiB free) is the tightest: the shared rule gives 0.77 there, emitted
+    // last so that it wins (argparse keeps the last occurrence).
     assert_eq!(
         argv[..5],
         [
             "serve",
+            "--port",
+            "8000",
             "--gpu-memory-utilization",
             "0.77",
-            "--port",
-            "8000"
         ]
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -77,7 +78,7 @@ fn execs_the_command_with_the_utilization_of_the_tightest_gpu() {
 }
 
 #[test]
-fn visible_devices_limit_the_gpus_and_equals_form_is_rewritten() {
+fn visible_devices_limit_the_gpus_and_the_equals_form_is_replaced() {
     let out = Command::new(bin())
         .args([
             "--nvml-lib",
@@ -110,7 +111,7 @@ fn visible_devices_limit_the_gpus_and_equals_form_is_rewritten() {
     // Only the idle H100: capped at max_utilization 0.95.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "--gpu-memory-utilization=0.95"
+        "--gpu-memory-utilization\n0.95"
     );
 }
 
@@ -258,9 +259,9 @@ fn plan_and_args_come_from_the_downward_api_files_as_the_pod_runs_it() {
             "model",
             "--tensor-parallel-size",
             "1",
+            "--enable-prefix-caching",
             "--gpu-memory-utilization",
             "0.77",
-            "--enable-prefix-caching"
         ]
     );
 
@@ -373,4 +374,54 @@ fn refuses_only_when_nvml_shows_no_gpu() {
         log.starts_with("vllm-operator: no-gpu: NVML reports no GPU"),
         "{log}"
     );
+}
+
+#[test]
+fn a_config_file_setting_an_unplanned_memory_option_is_refused() {
+    // vLLM inserts the file's options before the command line (0.33.0
+    // vllm/utils/argparse_utils.py `_pull_args_from_config`): the planner only saw spec.args.
+    let dir = temp("config");
+    let config = dir.join("serve.yaml");
+    std::fs::write(&config, "max_num_seqs: 1024\nport: 8000\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let log = dir.join("termination-log");
+        let _ = std::fs::remove_file(&log);
+        let out = Command::new(bin())
+            .args([
+                "--nvml-lib",
+                stub(Variant::Full).to_str().unwrap(),
+                "launch",
+                "--plan",
+                &plan(3 * GIB),
+            ])
+            .arg("--termination-log")
+            .arg(&log)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "printf '%s\\n' \"$@\"",
+                "sh",
+                "--config",
+                &config,
+            ])
+            .args(extra)
+            .env_remove("NVIDIA_VISIBLE_DEVICES")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    };
+    let (code, log) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        log.starts_with("vllm-operator: bad-args:") && log.contains("--max_num_seqs 1024"),
+        "{log}"
+    );
+    // The same option on the command line (what the planner sized) wins over the file.
+    let (code, log) = run(&["--max-num-seqs", "8"]);
+    assert_eq!(code, Some(0), "{log}");
 }

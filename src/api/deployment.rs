@@ -107,8 +107,11 @@ pub struct VllmDeploymentSpec {
     #[serde(default)]
     pub gpu: GpuSpec,
 
-    /// Extra `vllm serve` arguments. Flags the operator owns (tensor parallel size,
-    /// quantization, kv cache dtype, max model len, GPU memory utilization) are replaced.
+    /// Extra `vllm serve` arguments, read as the image's vLLM parses them. Flags the operator
+    /// owns (tensor parallel size, quantization, kv cache dtype, max model len, GPU memory
+    /// utilization) are replaced in any spelling vLLM accepts; --max-num-seqs,
+    /// --max-num-batched-tokens, --enforce-eager and --block-size are sized; arguments it
+    /// cannot size (--kv-cache-memory-bytes, --cpu-offload-gb, pipeline parallel) are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
 

@@ -38,6 +38,9 @@ pub struct EstimateArgs {
     /// VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS as the pod would set it (0 or 1).
     #[arg(long = "estimate-cuda-graphs")]
     pub estimate_cuda_graphs: Option<u8>,
+    /// vLLM's `--block-size` (defaults to the attention backend's: 16, 64 for MLA).
+    #[arg(long = "block-size")]
+    pub block_size: Option<u64>,
     /// Total memory of one GPU as CUDA reports it, in bytes.
     #[arg(long = "gpu-total-bytes")]
     pub gpu_total_bytes: Option<u64>,
@@ -140,6 +143,7 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
         enforce_eager: args.enforce_eager,
+        block_size: args.block_size,
         family,
         estimate_cuda_graphs: args.estimate_cuda_graphs.map(|v| v != 0),
     };

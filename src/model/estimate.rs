@@ -28,6 +28,8 @@ pub struct Shape {
     pub max_num_seqs: Option<u64>,
     pub max_num_batched_tokens: Option<u64>,
     pub enforce_eager: bool,
+    /// `--block-size`; None: the attention backend's default.
+    pub block_size: Option<u64>,
     pub family: VllmFamily,
     /// `VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` from the pod's environment (None: unset),
     /// which moves CUDA graphs into or out of the budget where the release reads it.
@@ -551,6 +553,8 @@ pub fn estimate(
             ..
         } => ((kv_lora_rank + qk_rope_head_dim) * kv_dtype, 64),
     };
+    // `--block-size` replaces the backend's default (vllm/config/cache.py `block_size`).
+    let block_size = shape.block_size.unwrap_or(block_size);
     let layers = arch.num_layers as u64;
     let kv_per_token = per_layer_token * layers;
 

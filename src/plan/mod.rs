@@ -2,17 +2,19 @@
 //! quantization, KV cache dtype and `--gpu-memory-utilization` together, or refuse with reasons
 //! a person can act on. Pure: no Kubernetes client, no clock, no I/O.
 
+pub mod argparse;
 pub mod args;
 pub mod fleet;
 pub mod ledger;
 mod reasons;
+mod vllm_options;
 
 use std::collections::HashMap;
 
 use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, VllmDeploymentSpec};
 use crate::fit::{Fit, GpuMemoryView, LaunchPlan, choose_for_gpus};
 use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
-use args::{ServeFlags, serve_command};
+use args::{Release, ServeFlags, serve_command, user_memory};
 pub use fleet::Fleet;
 use fleet::{FleetNode, Gpu};
 pub use ledger::{Ledger, Released, Reservation};
@@ -102,6 +104,15 @@ pub fn candidate_shapes(
         }
     }
     let estimate_cuda_graphs = estimate_cuda_graphs_env(spec);
+    // The user's memory arguments, read as the image's vLLM reads them (a refusal is
+    // reported by `plan_replica`; here it leaves vLLM's defaults).
+    let user =
+        user_memory(&spec.args, &spec.env, Release::from_image(&spec.image)).unwrap_or_default();
+    let family = if user.v0_engine {
+        VllmFamily::V0
+    } else {
+        family
+    };
     let mut out = Vec::new();
     for q in &quants {
         for tp in &tps {
@@ -111,9 +122,10 @@ pub fn candidate_shapes(
                     quantization: *q,
                     kv_cache_dtype: *kv,
                     max_model_len,
-                    max_num_seqs: None,
-                    max_num_batched_tokens: None,
-                    enforce_eager: false,
+                    max_num_seqs: user.max_num_seqs,
+                    max_num_batched_tokens: user.max_num_batched_tokens,
+                    enforce_eager: user.enforce_eager,
+                    block_size: user.block_size,
                     family,
                     estimate_cuda_graphs,
                 });
@@ -279,6 +291,9 @@ pub fn plan_replica(fleet: &Fleet, ledger: &Ledger, req: &Request) -> Decision {
 
 fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Decision {
     let spec = req.spec;
+    if let Err(why) = user_memory(&spec.args, &spec.env, Release::from_image(&spec.image)) {
+        return Decision::Refused(vec![why]);
+    }
     let max_len = max_model_len(spec, req.arch);
     let shapes = candidate_shapes(spec, max_len, req.family);
     let mut cache = EstimateCache {
@@ -469,7 +484,12 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
         max_model_len: shape.max_model_len,
         gpu_memory_utilization: nf.fit.utilization(),
     };
-    let (command, replaced_args) = serve_command(&req.spec.model.name, &flags, &req.spec.args);
+    let (command, replaced_args) = serve_command(
+        &req.spec.model.name,
+        &flags,
+        &req.spec.args,
+        Release::from_image(&req.spec.image),
+    );
     let reason = format!(
         "{} on {} (GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         shape_words(&shape),

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use vllm_operator::api::GpuInfo;
 use vllm_operator::fit::{GpuMemoryView, LaunchPlan, Shortfall, choose_for_gpus};
+use vllm_operator::plan::argparse::{Dest, Release, Scan, scan};
 
 /// Exit status when the model no longer fits (EX_TEMPFAIL: re-plan and retry).
 pub const EXIT_INSUFFICIENT: u8 = 75;
@@ -123,30 +124,117 @@ pub fn format_utilization(pct: u64) -> String {
     format!("{}.{:02}", pct / 100, pct % 100)
 }
 
-/// Replaces every `--gpu-memory-utilization X` / `=X` in `args` with `value`, or appends it.
-/// Returns the new args and the old value, if there was one.
+/// Removes every argument vLLM would read as `--gpu-memory-utilization` (underscores, unique
+/// prefixes, `=`, the 0.31+ alias `--device-memory-utilization`: see
+/// `vllm_operator::plan::argparse`) and appends `--gpu-memory-utilization value` last, where
+/// argparse's last-occurrence rule makes it win. Returns the new args and the value vLLM would
+/// otherwise have used (the last one), if any.
+///
+/// The image's release is not known here, so the option table of the newest release is used:
+/// `--gpu-memory-utilization`'s shortest unique prefix (`--gp`) is the same in every release
+/// read, and the alias is an error before 0.31, so removing it there only helps.
 pub fn rewrite_args(args: &[String], value: &str) -> (Vec<String>, Option<String>) {
-    let mut out = Vec::with_capacity(args.len() + 2);
-    let mut old = None;
-    let mut iter = args.iter();
-    let prefix = format!("{FLAG}=");
-    while let Some(arg) = iter.next() {
-        if arg == FLAG {
-            old = iter.next().cloned();
-            out.push(FLAG.to_string());
-            out.push(value.to_string());
-        } else if let Some(v) = arg.strip_prefix(&prefix) {
-            old = Some(v.to_string());
-            out.push(format!("{prefix}{value}"));
-        } else {
-            out.push(arg.clone());
+    let scan = scan(args, Release::NEWEST);
+    let gmu: Vec<_> = scan
+        .found
+        .iter()
+        .filter(|o| o.dest == Dest::GpuMemoryUtilization)
+        .collect();
+    let old = gmu.last().and_then(|o| o.value.clone());
+    let mut out: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gmu.iter().any(|o| (o.at..o.at + o.tokens).contains(i)))
+        .map(|(_, a)| a.clone())
+        .collect();
+    out.push(FLAG.to_string());
+    out.push(value.to_string());
+    (out, old)
+}
+
+/// Options the planner sized from `spec.args`: a `--config` file that sets one of them would
+/// change memory behind the plan's back (the options the operator owns are emitted on the
+/// command line, which wins over the file).
+const SIZED_FROM_ARGS: [Dest; 7] = [
+    Dest::MaxNumSeqs,
+    Dest::MaxNumBatchedTokens,
+    Dest::EnforceEager,
+    Dest::BlockSize,
+    Dest::KvCacheMemoryBytes,
+    Dest::CpuOffloadGb,
+    Dest::PipelineParallelSize,
+];
+
+/// The arguments vLLM makes of a `--config` YAML: `load_config_file` in
+/// vllm/utils/argparse_utils.py (0.33.0:632-672; 0.6.0+ `vllm/utils.py`): `true` -> `--key`,
+/// `false` -> `--no-key` (dropped here: it only restores a default), a list -> `--key a b`,
+/// anything else -> `--key value`.
+fn config_args(yaml: &str) -> Result<Vec<String>, String> {
+    let doc: serde_norway::Value =
+        serde_norway::from_str(yaml).map_err(|e| format!("not YAML: {e}"))?;
+    let serde_norway::Value::Mapping(map) = doc else {
+        return Err("not a YAML mapping of options".into());
+    };
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let Some(key) = key.as_str() else { continue };
+        let flag = format!("--{key}");
+        match value {
+            serde_norway::Value::Bool(true) => out.push(flag),
+            serde_norway::Value::Bool(false) => {}
+            serde_norway::Value::Sequence(items) => {
+                out.push(flag);
+                out.extend(items.iter().map(scalar));
+            }
+            other => {
+                out.push(flag);
+                out.push(scalar(&other));
+            }
         }
     }
-    if !out.iter().any(|a| a == FLAG || a.starts_with(&prefix)) {
-        out.push(FLAG.to_string());
-        out.push(value.to_string());
+    Ok(out)
+}
+
+fn scalar(value: &serde_norway::Value) -> String {
+    match value {
+        serde_norway::Value::String(s) => s.clone(),
+        serde_norway::Value::Number(n) => n.to_string(),
+        serde_norway::Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        serde_norway::Value::Null => "None".to_string(),
+        other => serde_json::to_string(other).unwrap_or_default(),
     }
-    (out, old)
+}
+
+/// Refuse a `--config` file that sets a memory option the planner did not see (it sized
+/// `spec.args` only); the same option on the command line wins over the file, so only the
+/// file's options the command line leaves unset count.
+pub fn check_config_file(cli: &Scan, yaml: &str) -> Result<(), String> {
+    let from_file = scan(&config_args(yaml)?, Release::NEWEST);
+    let unseen: Vec<&str> = from_file
+        .found
+        .iter()
+        .filter(|o| SIZED_FROM_ARGS.contains(&o.dest) && cli.last(o.dest).is_none())
+        .map(|o| o.written.as_str())
+        .collect();
+    if unseen.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the --config file sets `{}`, which changes GPU memory and was not planned for; move it to spec.args",
+            unseen.join("`, `")
+        ))
+    }
+}
+
+/// `check_config_file` for the `--config FILE` of a command, reading the file.
+pub fn check_command_config(args: &[String]) -> Result<(), String> {
+    let cli = scan(args, Release::NEWEST);
+    let Some(path) = cli.config_file.clone() else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the --config file {path}: {e}"))?;
+    check_config_file(&cli, &text).map_err(|e| format!("{path}: {e}"))
 }
 
 /// The termination-log line for a refusal.
@@ -213,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_the_separate_value_form() {
+    fn rewrites_the_separate_value_form_and_puts_the_flag_last() {
         let (args, old) = rewrite_args(
             &s(&[
                 "serve",
@@ -230,21 +318,34 @@ mod tests {
             s(&[
                 "serve",
                 "m",
-                "--gpu-memory-utilization",
-                "0.77",
                 "--port",
-                "8000"
+                "8000",
+                "--gpu-memory-utilization",
+                "0.77"
             ])
         );
         assert_eq!(old.as_deref(), Some("0.9"));
     }
 
     #[test]
-    fn rewrites_the_equals_form() {
-        let (args, old) =
-            rewrite_args(&s(&["serve", "--gpu-memory-utilization=0.95", "m"]), "0.50");
-        assert_eq!(args, s(&["serve", "--gpu-memory-utilization=0.50", "m"]));
-        assert_eq!(old.as_deref(), Some("0.95"));
+    fn rewrites_every_spelling_vllm_reads() {
+        // vllm/utils/argparse_utils.py (0.33.0): `_` -> `-`; argparse allow_abbrev; the alias
+        // --device-memory-utilization (vllm/engine/arg_utils.py:1390, 0.31+).
+        let (args, old) = rewrite_args(
+            &s(&[
+                "serve",
+                "--gpu-memory-utilization=0.95",
+                "m",
+                "--gpu_memory_utilization",
+                "0.93",
+                "--gpu-mem",
+                "0.92",
+                "--device-memory-utilization=0.91",
+            ]),
+            "0.50",
+        );
+        assert_eq!(args, s(&["serve", "m", "--gpu-memory-utilization", "0.50"]));
+        assert_eq!(old.as_deref(), Some("0.91"));
     }
 
     #[test]
@@ -254,6 +355,36 @@ mod tests {
         assert_eq!(old, None);
         assert_eq!(format_utilization(8), "0.08");
         assert_eq!(format_utilization(100), "1.00");
+    }
+
+    #[test]
+    fn config_file_memory_options_must_come_from_spec_args() {
+        let yaml = "max_num_seqs: 512\nenforce-eager: true\nquantization: awq\nport: 8000\n";
+        let cli = scan(&s(&["serve", "m", "--config", "c.yaml"]), Release::NEWEST);
+        let err = check_config_file(&cli, yaml).unwrap_err();
+        assert!(
+            err.contains("`--max_num_seqs 512`, `--enforce-eager`"),
+            "{err}"
+        );
+        // Set on the command line too: the command line wins, the plan saw it.
+        let cli = scan(
+            &s(&[
+                "--config",
+                "c.yaml",
+                "--max-num-seqs",
+                "8",
+                "--enforce-eager",
+            ]),
+            Release::NEWEST,
+        );
+        assert_eq!(check_config_file(&cli, yaml), Ok(()));
+        // Owned options (quantization) are emitted on the command line by the operator, and
+        // `false` only restores a default.
+        assert_eq!(
+            check_config_file(&cli, "quantization: fp8\nenforce_eager: false\n"),
+            Ok(())
+        );
+        assert!(check_config_file(&cli, "- a\n").is_err());
     }
 
     fn gpu(index: u32, uuid: &str, total: u64, free: u64) -> GpuInfo {
