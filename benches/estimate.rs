@@ -24,6 +24,7 @@ fn shapes() -> Vec<Shape> {
                     max_num_batched_tokens: None,
                     enforce_eager: false,
                     block_size: None,
+                    v0_engine: false,
                     family: VllmFamily::V0_11,
                     estimate_cuda_graphs: None,
                 });

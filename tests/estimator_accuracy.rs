@@ -98,6 +98,7 @@ fn run_case(path: &PathBuf) -> Option<Case> {
         max_num_batched_tokens: f.max_num_batched_tokens,
         enforce_eager: f.enforce_eager.unwrap_or(false),
         block_size: None,
+        v0_engine: false,
         family: family(&f),
         estimate_cuda_graphs: None,
     };

@@ -135,8 +135,19 @@ fn memory_arguments_the_operator_cannot_size_are_refused_by_name() {
 fn vllm_use_v1_0_plans_the_v0_engine_where_it_exists_and_is_refused_where_not() {
     // 0.8.0-0.10.x: VLLM_USE_V1=0 selects V0 (vllm/envs.py, default "1" from 0.8.0).
     let s = spec("image: vllm/vllm-openai:v0.10.1\nenv: [{name: VLLM_USE_V1, value: '0'}]");
-    let p = placed(plan(&s, VllmFamily::V0_11));
-    assert_eq!(p.shape.family, VllmFamily::V0);
+    let p = placed(plan(&s, VllmFamily::parse("0.10.1").unwrap()));
+    assert!(p.shape.v0_engine);
+    // V0's defaults (256 sequences) with the release's other rules.
+    assert_eq!(p.estimate.max_num_seqs, 256);
+    assert!(!p.estimate.cuda_graphs_in_budget);
+    // 0.8.5 charges other processes' memory to the budget in its V1 worker, but its V0
+    // worker (vllm/worker/worker.py, same code as 0.7.3) profiles per instance.
+    let v085 = VllmFamily::parse("0.8.5").unwrap();
+    let default = placed(plan(&spec("image: vllm/vllm-openai:v0.8.5"), v085));
+    assert!(default.estimate.others_in_budget);
+    let s = spec("image: vllm/vllm-openai:v0.8.5\nenv: [{name: VLLM_USE_V1, value: '0'}]");
+    let v0 = placed(plan(&s, v085));
+    assert!(!v0.estimate.others_in_budget);
     // 0.11.0 has only V1 and raises on VLLM_USE_V1=0 (vllm/v1/engine/async_llm.py:89-94).
     let s = spec("image: vllm/vllm-openai:v0.11.0\nenv: [{name: VLLM_USE_V1, value: '0'}]");
     let why = refused(plan(&s, VllmFamily::V0_11));

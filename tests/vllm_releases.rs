@@ -39,6 +39,7 @@ fn shape(v: &str, tp: u32, q: Quantization, max_model_len: u64) -> Shape {
         max_num_batched_tokens: None,
         enforce_eager: false,
         block_size: None,
+        v0_engine: false,
         family: release(v),
         estimate_cuda_graphs: None,
     }

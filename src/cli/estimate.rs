@@ -144,6 +144,7 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
         max_num_batched_tokens: args.max_num_batched_tokens,
         enforce_eager: args.enforce_eager,
         block_size: args.block_size,
+        v0_engine: false,
         family,
         estimate_cuda_graphs: args.estimate_cuda_graphs.map(|v| v != 0),
     };

@@ -30,6 +30,8 @@ pub struct Shape {
     pub enforce_eager: bool,
     /// `--block-size`; None: the attention backend's default.
     pub block_size: Option<u64>,
+    /// `VLLM_USE_V1=0` on 0.8.0-0.10.x: the release runs its V0 engine.
+    pub v0_engine: bool,
     pub family: VllmFamily,
     /// `VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` from the pod's environment (None: unset),
     /// which moves CUDA graphs into or out of the budget where the release reads it.
@@ -559,7 +561,7 @@ pub fn estimate(
     let kv_per_token = per_layer_token * layers;
 
     let (mut default_tokens, mut default_seqs) = batch_defaults(gpu, rules);
-    let v0_engine = rules.v0_engine || falls_back_to_v0(shape, gpu, rules);
+    let v0_engine = rules.v0_engine || shape.v0_engine || falls_back_to_v0(shape, gpu, rules);
     if v0_engine {
         // V0: 256 sequences everywhere, and a whole max_model_len prompt is profiled when
         // chunked prefill is off (up to 32k).
@@ -643,7 +645,10 @@ pub fn estimate(
         max_num_seqs,
         kv_bytes_per_request,
         cuda_graphs_in_budget,
-        others_in_budget: rules.others_in_budget,
+        // A V1 release running V0 sizes with V0's worker, per instance since 0.6.5 (0.8.5
+        // `vllm/worker/worker.py` `determine_num_available_blocks`, the same code as 0.7.3's:
+        // `memory_profiling(self.baseline_snapshot, ...)`).
+        others_in_budget: rules.others_in_budget && (rules.v0_engine || !v0_engine),
         max_model_len: l,
     })
 }

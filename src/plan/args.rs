@@ -210,6 +210,27 @@ pub fn user_memory(
     if let Some(var) = env.iter().rev().find(|e| e.name == "VLLM_USE_V1") {
         out.v0_engine = v1_engine(var, release)?;
     }
+    // Read with the family rules (`plan::estimate_cuda_graphs_env`) from 0.18.0, where
+    // vLLM reads it as `bool(int(value))` (0.18.0 `envs.py:1635-1637`, 0.33.0 `:2219-2221`):
+    // a value the planner cannot see or vLLM cannot read is refused here.
+    if let Some(var) = env
+        .iter()
+        .rev()
+        .find(|e| e.name == "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS")
+        && release >= Release(0, 18, 0, 0)
+    {
+        match var.value.as_deref() {
+            None => {
+                return Err("spec.env VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS comes from valueFrom, which the planner cannot read; give it a value".into());
+            }
+            Some(text) if text.trim().parse::<i64>().is_err() => {
+                return Err(format!(
+                    "spec.env VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS={text:?}: vLLM reads it as an integer and would fail"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     Ok(out)
 }
 
@@ -485,5 +506,14 @@ mod tests {
         );
         assert!(!user_memory(&[], &v0, V0_33).unwrap().v0_engine);
         assert!(user_memory(&[], &[env("VLLM_USE_V1", "yes")], V0_11).is_err());
+        let graphs = |v: &str| [env("VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS", v)];
+        assert!(user_memory(&[], &graphs("0"), V0_33).is_ok());
+        assert!(user_memory(&[], &graphs("true"), V0_33).is_err());
+        assert!(user_memory(&[], &graphs("true"), Release(0, 17, 0, 0)).is_ok());
+        let from = EnvVar {
+            name: "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS".into(),
+            ..EnvVar::default()
+        };
+        assert!(user_memory(&[], &[from], V0_33).is_err());
     }
 }

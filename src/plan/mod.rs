@@ -108,11 +108,6 @@ pub fn candidate_shapes(
     // reported by `plan_replica`; here it leaves vLLM's defaults).
     let user =
         user_memory(&spec.args, &spec.env, Release::from_image(&spec.image)).unwrap_or_default();
-    let family = if user.v0_engine {
-        VllmFamily::V0
-    } else {
-        family
-    };
     let mut out = Vec::new();
     for q in &quants {
         for tp in &tps {
@@ -126,6 +121,7 @@ pub fn candidate_shapes(
                     max_num_batched_tokens: user.max_num_batched_tokens,
                     enforce_eager: user.enforce_eager,
                     block_size: user.block_size,
+                    v0_engine: user.v0_engine,
                     family,
                     estimate_cuda_graphs,
                 });
