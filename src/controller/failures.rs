@@ -37,23 +37,25 @@ impl FailureKind {
 }
 
 /// Which memory failure a termination message (or last log lines) shows, if any. The needles
-/// are vLLM's own texts, checked against the wheels of 0.8.5, 0.10.1, 0.11.0, 0.12.0, 0.21.0
-/// and 0.33.0:
+/// are vLLM's own texts, each checked with grep against the wheels of every minor release
+/// from 0.5.0.post1 to 0.33.0:
 /// - startup check: `"Free memory on device {dev} (F/T GiB) on startup is less than desired GPU
-///   memory utilization"` (`vllm/v1/worker/gpu_worker.py` 0.10.1-0.12, `vllm/v1/worker/utils.py`
-///   `request_memory` 0.21 and 0.33, which also has `"... less than the engine's budget after
-///   excluding external process's weights"` and `"Externally held weights on device ... exceed
-///   the desired GPU memory utilization"`);
-/// - `"No available memory for the cache blocks"` (`vllm/worker/worker.py` V0,
-///   `vllm/v1/core/kv_cache_utils.py` 0.8.5-0.21, `vllm/v1/core/kv_cache_planning.py` 0.33);
+///   memory utilization"` from 0.9.1 (`vllm/v1/worker/gpu_worker.py` `init_device`; 0.21.0 and
+///   0.33.0 `vllm/v1/worker/utils.py` `request_memory`), and from 0.32.0 with weights held by
+///   another process `"Free memory on device ... is less than the engine's budget after
+///   excluding external process's weights"` / `"Externally held weights on device ... exceed
+///   the desired GPU memory utilization"` (0.33.0 `utils.py:735-766`);
+/// - `"No available memory for the cache blocks"` (`vllm/worker/worker.py` V0 up to 0.10.x,
+///   `vllm/v1/core/kv_cache_utils.py` from 0.7.3, `vllm/v1/core/kv_cache_planning.py` 0.33.0);
 /// - one max-model-len request does not fit: V0 `"The model's max seq len (L) is larger than
-///   the maximum number of tokens that can be stored in KV cache"` (`vllm/worker/worker.py`
-///   up to 0.10.x), V1 `"To serve at least one request with the models's max seq len"`
-///   (sic, `vllm/v1/core/kv_cache_utils.py` 0.8.5-0.21) and `"... the model's max seq len"`
-///   (`vllm/v1/core/kv_cache_planning.py` 0.33);
-/// - PyTorch's `"CUDA out of memory"` (`torch.OutOfMemoryError`; vLLM's sampler/pooler warm-up
-///   wraps it as `"CUDA out of memory occurred when warming up ..."` and 0.33's loader logs
-///   `"Failed to load model - not enough GPU memory"`, `vllm/v1/worker/gpu_model_runner.py`).
+///   the maximum number of tokens that can be stored in KV cache"` (`vllm/worker/worker.py`,
+///   0.5.0.post1 to 0.10.x), V1 `"To serve at least one request with the models's max seq
+///   len"` (sic, `vllm/v1/core/kv_cache_utils.py` from 0.7.3 to 0.21.0), `"... the model's max
+///   seq len"` (same file 0.22.0-0.32.0, `vllm/v1/core/kv_cache_planning.py` in 0.33.0);
+/// - PyTorch's `"CUDA out of memory"` (`torch.OutOfMemoryError`; from 0.8.0 vLLM's sampler
+///   warm-up wraps it as `"CUDA out of memory occurred when warming up sampler ..."`, and from
+///   0.13.0 the model runner logs `"Failed to load model - not enough GPU memory"` before
+///   re-raising it, `vllm/v1/worker/gpu_model_runner.py`).
 pub fn classify_failure(message: &str) -> Option<FailureKind> {
     if message.contains(LAUNCHER_REFUSAL) {
         Some(FailureKind::LauncherRefused)
@@ -65,7 +67,7 @@ pub fn classify_failure(message: &str) -> Option<FailureKind> {
         Some(FailureKind::NoKvCache)
     } else if message
         .contains("larger than the maximum number of tokens that can be stored in KV cache")
-        // "models's" up to 0.21, "model's" in 0.33: the common stem.
+        // "models's" up to 0.21.0, "model's" from 0.22.0: the common stem.
         || message.contains("To serve at least one request with the model")
     {
         Some(FailureKind::KvTooSmall)
@@ -198,7 +200,7 @@ mod tests {
 
     #[test]
     fn v1_messages_of_each_release_are_classified() {
-        // vllm/v1/core/kv_cache_utils.py, 0.11.0 (and 0.8.5-0.21: the "models's" typo).
+        // vllm/v1/core/kv_cache_utils.py, 0.11.0 (and 0.7.3-0.21.0: the "models's" typo).
         let v011 = "ValueError: To serve at least one request with the models's max seq len (131072), (16.00 GiB KV cache is needed, which is larger than the available KV cache memory (3.21 GiB). Based on the available memory, the estimated maximum model length is 26272. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.";
         assert_eq!(classify_failure(v011), Some(FailureKind::KvTooSmall));
         // vllm/v1/core/kv_cache_planning.py `_check_enough_kv_cache_memory`, 0.33.0.

@@ -406,6 +406,52 @@ mod tests {
     }
 
     #[test]
+    fn the_generated_table_is_consistent() {
+        for r in ROWS {
+            assert!(r.unique_prefix <= r.option.len(), "{r:?}");
+            // The neighbour is what forces the length: it shares all but the last character
+            // of the prefix, or all of an option that is only taken whole.
+            let common = r
+                .option
+                .chars()
+                .zip(r.neighbour.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert!(
+                common + 1 == r.unique_prefix
+                    || (r.unique_prefix == r.option.len() && r.neighbour.starts_with(r.option)),
+                "{r:?}"
+            );
+            assert!(r.before.is_none_or(|b| r.since < b), "{r:?}");
+            // Runs of one option never overlap.
+            for o in ROWS.iter().filter(|o| o.option == r.option && *o != r) {
+                assert!(
+                    o.before.is_some_and(|b| b <= r.since)
+                        || r.before.is_some_and(|b| b <= o.since),
+                    "{r:?} overlaps {o:?}"
+                );
+            }
+            assert_eq!(resolve(r.option, r.since), Some(r.dest));
+        }
+        for dest in [
+            Dest::TensorParallelSize,
+            Dest::PipelineParallelSize,
+            Dest::Quantization,
+            Dest::KvCacheDtype,
+            Dest::MaxModelLen,
+            Dest::GpuMemoryUtilization,
+            Dest::MaxNumSeqs,
+            Dest::MaxNumBatchedTokens,
+            Dest::EnforceEager,
+            Dest::BlockSize,
+            Dest::KvCacheMemoryBytes,
+            Dest::CpuOffloadGb,
+        ] {
+            assert_eq!(resolve(dest.flag(), Release::NEWEST), Some(dest));
+        }
+    }
+
+    #[test]
     fn plain_argparse_before_0_5_1_keeps_underscores() {
         let old = Release(0, 5, 0, 1);
         assert!(dests(&["--gpu_memory_utilization", "0.9"], old).is_empty());
