@@ -350,6 +350,24 @@ fn an_unknown_model_stalls_without_touching_pods() {
 }
 
 #[test]
+fn arguments_the_operator_cannot_size_stall_without_retiring_the_old_replica() {
+    let (mut s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    s.args = vec!["--kv-cache-memory-bytes".into(), "8G".into()];
+    let mut run = Run::new();
+    let pods = [
+        pod(0, "old", PodPhase::Ready),
+        pod(0, "new", PodPhase::Gated),
+    ];
+    let o = run.decide(&s, Ok(&a), "new", &pods, &f);
+    assert!(o.actions.is_empty(), "{:?}", o.actions);
+    assert_eq!(cond(&o, "Stalled"), ("True", "InvalidArgs"));
+    assert_eq!(cond(&o, "Admitted").0, "False");
+    assert_eq!(o.status.state.as_deref(), Some("InvalidArgs"));
+    let reason = o.status.placements[0].reason.as_deref().unwrap();
+    assert!(reason.contains("--kv-cache-memory-bytes 8G"), "{reason}");
+}
+
+#[test]
 fn a_deployment_queued_behind_an_older_one_does_not_plan() {
     let (s, a, f) = (spec(1), arch(), fleet(1, &[]));
     let mut ledger = Ledger::default();

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::failures::{FailureBook, FailureKind, classify_failure};
 use crate::api::{self, PodRef, Sharing, VllmDeploymentSpec, VllmDeploymentStatus};
 use crate::model::{Architecture, VllmFamily};
+use crate::plan::args::{Release, user_memory};
 use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
 
 /// What the controller knows about one of the deployment's pods.
@@ -238,6 +239,14 @@ pub fn reconcile(
     let mut refusal: Option<Vec<String>> = None;
     let mut placements: Vec<api::Placement> = Vec::new();
     let arch = dep.arch.as_ref().ok().copied();
+    // User arguments the operator cannot size: no retry or re-plan can fix them, and an old
+    // replica must not be deleted to make room for one that will never be placed.
+    let args_error = user_memory(
+        &dep.spec.args,
+        &dep.spec.env,
+        Release::from_image(&dep.spec.image),
+    )
+    .err();
     let avoid = failures.avoided(now);
     let mut rollout_busy = false;
     let mut ready = 0;
@@ -280,6 +289,14 @@ pub fn reconcile(
             PodPhase::Gated => {
                 rollout_busy |= !old.is_empty();
                 let Some(arch) = arch else { continue };
+                if let Some(why) = &args_error {
+                    placements.push(api::Placement {
+                        pod: cur.name.clone(),
+                        reason: Some(why.clone()),
+                        ..Default::default()
+                    });
+                    continue;
+                }
                 if !dep.queued_behind.is_empty() {
                     let msg = format!(
                         "queued behind older deployments waiting for GPU memory: {}",
@@ -395,11 +412,16 @@ pub fn reconcile(
     let mut conditions = Vec::new();
     let placed = placements.iter().filter(|p| p.node.is_some()).count() as u32;
     let (state, requeue_after);
-    if let Err(why) = &dep.arch {
+    let stalled = match (&dep.arch, &args_error) {
+        (Err(why), _) => Some(("InvalidModel", why)),
+        (Ok(_), Some(why)) => Some(("InvalidArgs", why)),
+        (Ok(_), None) => None,
+    };
+    if let Some((stall, why)) = stalled {
         conditions.push(condition(
             "Admitted",
             false,
-            "InvalidModel",
+            stall,
             why.clone(),
             generation,
             now,
@@ -407,7 +429,7 @@ pub fn reconcile(
         conditions.push(condition(
             "Ready",
             false,
-            "InvalidModel",
+            stall,
             why.clone(),
             generation,
             now,
@@ -415,7 +437,7 @@ pub fn reconcile(
         conditions.push(condition(
             "Reconciling",
             false,
-            "InvalidModel",
+            stall,
             String::new(),
             generation,
             now,
@@ -423,12 +445,12 @@ pub fn reconcile(
         conditions.push(condition(
             "Stalled",
             true,
-            "InvalidModel",
+            stall,
             why.clone(),
             generation,
             now,
         ));
-        state = "InvalidModel";
+        state = stall;
         requeue_after = None;
     } else {
         let all_ready = ready >= desired as i32 && current_pods == desired as i32;
