@@ -93,5 +93,12 @@ if python3 -c "$CHECK" --gpu-memory-utilization 0.9; then
     fail "fixed 0.9 passed although 25% of the GPU is held"
 fi
 pass "fixed 0.9 fails as vLLM would"
+# CDI nodes: the NVIDIA container toolkit writes NVIDIA_VISIBLE_DEVICES=void while injecting the
+# GPUs; a host index names no container GPU. Both must still check what NVML shows.
+for visible in void 7; do
+    NVIDIA_VISIBLE_DEVICES=$visible "$BIN" launch --plan "$PLAN" --termination-log "$WORK/term-$visible" -- true \
+        || fail "launch with NVIDIA_VISIBLE_DEVICES=$visible refused: $(cat "$WORK/term-$visible" 2>/dev/null)"
+done
+pass "NVIDIA_VISIBLE_DEVICES=void and a host index still check the GPUs NVML shows"
 release
 echo "device-check: all passed"
