@@ -747,3 +747,34 @@ fn default_max_model_len_is_derived_as_vllm_does() {
     let s = spec("google/gemma-3-27b-it", "vllm/vllm-openai:v0.33.0");
     assert_eq!(vllm_operator::plan::max_model_len(&s, &g), 131_072);
 }
+
+/// The simulated vLLM follows the release: 0.9.0 has no startup check and holds `u * total`
+/// less what other processes hold, so a replica on an H100 with 16 GiB taken outside Kubernetes
+/// starts at the utilization the planner chose (above what is free).
+#[test]
+fn simulated_0_9_0_starts_beside_another_process() {
+    use vllm_operator::cli::plan::{
+        fleet_time, offline_architecture, read_deployments, read_fleet,
+    };
+    use vllm_operator::sim::{SimConfig, SimDeployment, run};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (gpunodes, _) =
+        read_fleet(&root.join("tests/fixtures/sim/fleet-one-h100-busy.yaml")).unwrap();
+    let deps = read_deployments(&[root.join("tests/fixtures/sim/llama-8b-v0-9-0.yaml")]).unwrap();
+    let start = fleet_time(&gpunodes).unwrap();
+    let sims = deps
+        .into_iter()
+        .map(|object| SimDeployment {
+            arch: offline_architecture(&object),
+            object,
+        })
+        .collect();
+    let r = run(gpunodes, sims, &[], &SimConfig::default(), start);
+    assert!(r.settled);
+    assert_eq!(r.startup_failures, 0, "{:#?}", r.events);
+    assert_eq!(r.launcher_refusals, 0);
+    assert_eq!(r.deployments[0].1.ready_replicas, 1);
+    let placed = &r.deployments[0].1.placements[0];
+    let free = 67_330_703_360f64 / 85_520_809_984f64;
+    assert!(placed.gpu_memory_utilization > free, "{placed:?}");
+}

@@ -330,10 +330,11 @@ impl World {
                     continue;
                 }
             };
-            // vLLM's own check on each rank, after its own CUDA context and NCCL exist.
+            // vLLM's own check on each rank, after its own CUDA context and NCCL exist. The
+            // releases that charge other processes to the budget have none (`model::family`).
             let failing = views.iter().zip(&gpus).find(|(v, _)| {
                 let after = v.free_bytes.saturating_sub(plan.startup_overhead_bytes);
-                !passes_startup_check(v.cuda_total_bytes(), after, u)
+                !plan.others_in_budget && !passes_startup_check(v.cuda_total_bytes(), after, u)
             });
             if let Some((v, g)) = failing {
                 self.startup_failures += 1;
@@ -355,8 +356,15 @@ impl World {
             };
             let mut held = Vec::new();
             for (v, g) in views.iter().zip(&gpus) {
-                let bytes = ((v.cuda_total_bytes() as f64 * u).ceil() as u64
-                    + plan.startup_overhead_bytes)
+                // There, `u * total` includes what others hold: vLLM takes the rest of it.
+                let others = if plan.others_in_budget {
+                    v.cuda_total_bytes().saturating_sub(v.free_bytes)
+                } else {
+                    0
+                };
+                let bytes = ((v.cuda_total_bytes() as f64 * u).ceil() as u64)
+                    .saturating_sub(others)
+                    .saturating_add(plan.startup_overhead_bytes)
                     .min(v.free_bytes);
                 held.push((g.index, bytes));
                 let pid = self.next_pid;
