@@ -80,6 +80,25 @@ fn render(values: Option<&str>) -> Vec<Value> {
     parse_yaml_documents(&text)
 }
 
+/// `helm template` the chart with `--set` values.
+fn render_set(sets: &[&str]) -> Vec<Value> {
+    let mut cmd = Command::new(helm());
+    cmd.arg("template")
+        .arg(RELEASE)
+        .arg(chart())
+        .args(["--namespace", NAMESPACE]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("run helm template");
+    assert!(
+        out.status.success(),
+        "helm template failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_yaml_documents(&String::from_utf8(out.stdout).expect("rendered YAML is UTF-8"))
+}
+
 fn parse_yaml_documents(text: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
@@ -189,14 +208,8 @@ fn agent_may_only_touch_gpunodes() {
     let docs = render(None);
     let role = find(&docs, "ClusterRole", "vllm-operator-node-agent");
     let expected: BTreeMap<(String, String), BTreeSet<String>> = [
-        (
-            ("vllm-operator.io", "gpunodes"),
-            set(&["get", "create", "patch"]),
-        ),
-        (
-            ("vllm-operator.io", "gpunodes/status"),
-            set(&["get", "patch", "update"]),
-        ),
+        (("vllm-operator.io", "gpunodes"), set(&["get", "create"])),
+        (("vllm-operator.io", "gpunodes/status"), set(&["patch"])),
     ]
     .into_iter()
     .map(|((g, r), v)| ((g.to_string(), r.to_string()), v))
@@ -220,20 +233,20 @@ fn controller_rbac_is_what_it_needs() {
         |group: &str, resource: &str| g.get(&(group.to_string(), resource.to_string())).cloned();
     assert_eq!(
         get("vllm-operator.io", "vllmdeployments"),
-        Some(set(&["get", "list", "watch"]))
+        Some(set(&["list", "watch"]))
     );
     assert_eq!(
         get("vllm-operator.io", "vllmdeployments/status"),
-        Some(set(&["get", "patch", "update"]))
+        Some(set(&["patch"]))
     );
     assert_eq!(
         get("vllm-operator.io", "gpunodes"),
-        Some(set(&["get", "list", "watch"]))
+        Some(set(&["list", "watch"]))
     );
     assert_eq!(
         get("", "pods"),
         Some(set(&[
-            "get", "list", "watch", "create", "patch", "update", "delete"
+            "list", "watch", "create", "patch", "update", "delete"
         ]))
     );
     assert_eq!(
@@ -247,11 +260,12 @@ fn controller_rbac_is_what_it_needs() {
         "secrets: get only, never list/watch"
     );
     assert_eq!(get("", "configmaps"), Some(set(&["get"])));
-    assert_eq!(get("", "nodes"), Some(set(&["get", "list", "watch"])));
+    assert_eq!(get("", "nodes"), Some(set(&["list", "watch"])));
     assert_eq!(
         get("events.k8s.io", "events"),
         Some(set(&["create", "patch"]))
     );
+    assert_eq!(get("", "events"), None, "kube-rs writes events.k8s.io only");
     assert_eq!(get("vllm-operator.io", "gpunodes/status"), None);
     assert_eq!(
         get("coordination.k8s.io", "leases"),
@@ -269,6 +283,229 @@ fn controller_rbac_is_what_it_needs() {
             assert_eq!(strings(&rule["resourceNames"]), ["vllm-operator-leader"]);
         }
     }
+}
+
+/// One Kubernetes API call the code makes: the file and the code that makes it, and the RBAC
+/// grant it needs.
+struct Call {
+    file: &'static str,
+    code: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+}
+
+/// Every call of the controller (`vllm-operator run`). A watch is a list then a watch.
+/// Server-side apply creates an object that does not exist yet, so an apply to a new name
+/// needs `create` besides `patch`.
+const CONTROLLER_CALLS: &[Call] = &[
+    Call {
+        file: "src/controller/runner.rs",
+        code: "Api::<Guarded>::all(client.clone())",
+        group: "vllm-operator.io",
+        resource: "vllmdeployments",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: ".list_metadata(&one)",
+        group: "vllm-operator.io",
+        resource: "vllmdeployments",
+        verbs: &["list"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "api.patch_status(",
+        group: "vllm-operator.io",
+        resource: "vllmdeployments/status",
+        verbs: &["patch"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: "Api::<GpuNode>::all(client.clone()),",
+        group: "vllm-operator.io",
+        resource: "gpunodes",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: "cache(Api::<Pod>::all(client.clone()), managed())",
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "&Patch::Apply(pod.as_ref())",
+        group: "",
+        resource: "pods",
+        verbs: &["patch", "create"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "api.replace(&name, &params, &pod)",
+        group: "",
+        resource: "pods",
+        verbs: &["update"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "api.delete(name, &delete_params(uid))",
+        group: "",
+        resource: "pods",
+        verbs: &["delete"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: ".owns(Api::<Service>::all(client.clone()), managed())",
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "&Patch::Apply(&svc)",
+        group: "",
+        resource: "services",
+        verbs: &["patch", "create"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: "cache(Api::<Node>::all(client.clone())",
+        group: "",
+        resource: "nodes",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/model_source.rs",
+        code: ".get_opt(&r.name)",
+        group: "",
+        resource: "configmaps",
+        verbs: &["get"],
+    },
+    Call {
+        file: "src/controller/model_source.rs",
+        code: "api.get_opt(name)",
+        group: "",
+        resource: "secrets",
+        verbs: &["get"],
+    },
+    // kube-runtime's Recorder: POST a new event, PATCH it when the series repeats.
+    Call {
+        file: "src/controller/apply.rs",
+        code: "ctx.recorder.publish(",
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+    },
+];
+
+/// Grants no call needs but the API server does: owner references with blockOwnerDeletion
+/// need update on the owner's finalizers under OwnerReferencesPermissionEnforcement.
+const CONTROLLER_EXTRA: &[(&str, &str, &str)] =
+    &[("vllm-operator.io", "vllmdeployments/finalizers", "update")];
+
+/// The leader-election calls, granted by the namespaced Role.
+const LEASE_CALLS: &[Call] = &[
+    Call {
+        file: "src/controller/leader.rs",
+        code: "api.get_opt(name)",
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get"],
+    },
+    Call {
+        file: "src/controller/leader.rs",
+        code: "api.create(&PostParams::default(), &lease)",
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create"],
+    },
+    Call {
+        file: "src/controller/leader.rs",
+        code: "api.replace(name, &PostParams::default(), &lease)",
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["update"],
+    },
+];
+
+/// Every call of the node agent (`vllm-node-agent run`).
+const AGENT_CALLS: &[Call] = &[
+    Call {
+        file: "node-agent/src/publish/apply.rs",
+        code: ".get_opt(&self.node)",
+        group: "vllm-operator.io",
+        resource: "gpunodes",
+        verbs: &["get"],
+    },
+    Call {
+        file: "node-agent/src/publish/apply.rs",
+        code: "self.api.create(&PostParams::default(), &obj)",
+        group: "vllm-operator.io",
+        resource: "gpunodes",
+        verbs: &["create"],
+    },
+    Call {
+        file: "node-agent/src/publish/apply.rs",
+        code: ".patch_status(&self.node, &params, &Patch::Apply(&body))",
+        group: "vllm-operator.io",
+        resource: "gpunodes/status",
+        verbs: &["patch"],
+    },
+];
+
+/// The grants `calls` need, after checking that each call is still in its file.
+fn needed(calls: &[Call]) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for c in calls {
+        let text = std::fs::read_to_string(root().join(c.file)).unwrap();
+        let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let code: String = c.code.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(&code),
+            "{}: no longer contains `{}`: update the call list (and the RBAC) to what the code does now",
+            c.file,
+            c.code
+        );
+        out.entry((c.group.to_string(), c.resource.to_string()))
+            .or_default()
+            .extend(c.verbs.iter().map(|v| v.to_string()));
+    }
+    out
+}
+
+/// The RBAC rules and the API calls side by side: every grant is used by a call (or listed as
+/// needed by the API server itself), and every call is granted.
+#[test]
+fn rbac_grants_exactly_the_calls_the_code_makes() {
+    // readSecrets is on by default; the Secret get is the only optional grant.
+    let docs = render(None);
+    let mut want = needed(CONTROLLER_CALLS);
+    for (g, r, v) in CONTROLLER_EXTRA {
+        want.entry((g.to_string(), r.to_string()))
+            .or_default()
+            .insert(v.to_string());
+    }
+    assert_eq!(
+        grants(find(&docs, "ClusterRole", "vllm-operator-controller")),
+        want,
+        "controller ClusterRole vs the calls in CONTROLLER_CALLS"
+    );
+    assert_eq!(
+        grants(find(
+            &docs,
+            "Role",
+            "vllm-operator-controller-leader-election"
+        )),
+        needed(LEASE_CALLS),
+        "leader-election Role vs LEASE_CALLS"
+    );
+    assert_eq!(
+        grants(find(&docs, "ClusterRole", "vllm-operator-node-agent")),
+        needed(AGENT_CALLS),
+        "agent ClusterRole vs AGENT_CALLS"
+    );
 }
 
 /// Every rule in the RBAC templates has a comment right above it saying why.
@@ -726,6 +963,37 @@ fn eval_with_extra(
 
 fn node_extra(nodes: &[&str]) -> Value {
     json!({ NODE_NAME_EXTRA: nodes, "authentication.kubernetes.io/pod-name": ["x"] })
+}
+
+/// The switch for clusters whose tokens lack the node-name extra: the policy and its binding
+/// go, nothing else changes.
+#[test]
+fn admission_policy_can_be_switched_off() {
+    let policy_kinds = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let on = render(None);
+    for k in policy_kinds {
+        assert_eq!(on.iter().filter(|d| kind(d) == k).count(), 1, "{k}");
+    }
+    let off = render_set(&["admissionPolicy.enabled=false"]);
+    assert!(off.iter().all(|d| !policy_kinds.contains(&kind(d))));
+    let others = |docs: &[Value]| {
+        docs.iter()
+            .filter(|d| !policy_kinds.contains(&kind(d)))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&on), others(&off));
+    // The values schema takes only a boolean.
+    let out = Command::new(helm())
+        .args(["template", RELEASE])
+        .arg(chart())
+        .args(["--set-string", "admissionPolicy.enabled=no"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a string was accepted for a boolean");
 }
 
 #[test]
