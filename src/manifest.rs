@@ -150,6 +150,21 @@ impl Document {
         })
     }
 
+    /// A GpuNode carries everything in its status and its spec is empty: a hand-written fleet
+    /// may leave `spec` out (the API server always stores it, the CRD requires it).
+    fn with_empty_spec(&self) -> std::borrow::Cow<'_, Document> {
+        match &self.value {
+            Value::Object(map) if !map.contains_key("spec") => {
+                let mut doc = self.clone();
+                if let Value::Object(m) = &mut doc.value {
+                    m.insert("spec".into(), Value::Object(Default::default()));
+                }
+                std::borrow::Cow::Owned(doc)
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
     pub fn to_object(&self) -> Result<Object, ManifestError> {
         let api_version = self
             .value
@@ -160,7 +175,9 @@ impl Document {
             ("vllm-operator.io/v1alpha1", "VllmDeployment") => {
                 Object::VllmDeployment(Box::new(self.parse()?))
             }
-            ("vllm-operator.io/v1alpha1", "GpuNode") => Object::GpuNode(Box::new(self.parse()?)),
+            ("vllm-operator.io/v1alpha1", "GpuNode") => {
+                Object::GpuNode(Box::new(self.with_empty_spec().parse()?))
+            }
             ("v1", "Node") => Object::Node(Box::new(self.parse()?)),
             (_, "") => {
                 return Err(ManifestError::Shape {

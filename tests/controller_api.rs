@@ -252,13 +252,24 @@ async fn scenario_new_replica_is_created_gated_by_server_side_apply() {
         .unwrap();
 }
 
+const JSON_PATCH: &str = "application/json-patch+json";
+
+/// The op of a JSON patch at `path`.
+fn op<'a>(ops: &'a Value, path: &str) -> &'a Value {
+    ops.as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"] == path)
+        .unwrap_or_else(|| panic!("no op at {path}: {ops}"))
+}
+
 #[tokio::test]
-async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
+async fn scenario_gated_pod_is_released_by_a_json_patch_that_tests_the_gate() {
     let (client, mut handle) = mock();
     let ctx = context(client, vec![cached_gated_pod(1)]);
     let server = tokio::spawn(async move {
-        let (method, uri, ct, body, send) = next(&mut handle).await;
-        assert_eq!(method, http::Method::PUT);
+        let (method, uri, ct, ops, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
         assert_eq!(
             uri,
             format!(
@@ -266,26 +277,35 @@ async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
                 pod_name()
             )
         );
-        assert_eq!(ct, "application/json");
+        assert_eq!(ct, JSON_PATCH);
+        // First the test that the gate is still there, then its removal: a stale cache fails
+        // the test instead of re-releasing a released pod.
         assert_eq!(
-            body["metadata"]["resourceVersion"], "7",
-            "guarded by the cached version"
+            ops[0],
+            json!({"op": "test", "path": "/spec/schedulingGates/0/name", "value": "vllm-operator.io/placement"})
         );
         assert_eq!(
-            body["spec"]["schedulingGates"],
-            json!([]),
-            "the placement gate is removed"
+            ops[1],
+            json!({"op": "remove", "path": "/spec/schedulingGates/0"})
         );
-        assert!(body["spec"].get("nodeName").is_none(), "never nodeName");
+        // Only the paths that change: no resourceVersion, no containers sent back.
+        let text = ops.to_string();
+        assert!(!text.contains("resourceVersion"), "{text}");
+        assert!(!text.contains("containers"), "{text}");
+        assert!(!text.contains("nodeName"), "never nodeName: {text}");
+        let affinity = &op(&ops, "/spec/affinity")["value"];
+        assert_eq!(op(&ops, "/spec/affinity")["op"], "add");
         assert_eq!(
-            body["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
             // Pinned by node name, as the DaemonSet controller does; the hostname label may
             // differ from the name.
             json!({"nodeSelectorTerms": [{"matchFields": [
                 {"key": "metadata.name", "operator": "In", "values": ["a100-a"]}
             ]}]})
         );
-        let annotations = &body["metadata"]["annotations"];
+        let text = serde_json::to_string(affinity).unwrap();
+        assert!(text.contains("a100-a"), "{text}");
+        let annotations = &op(&ops, "/metadata/annotations")["value"];
         let placement: Value =
             serde_json::from_str(annotations["vllm-operator.io/placement"].as_str().unwrap())
                 .unwrap();
@@ -320,12 +340,12 @@ async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
             args[flag + 1],
             format!("{:.2}", placement["gpuMemoryUtilization"].as_f64().unwrap())
         );
-        // Immutable fields are sent back unchanged.
-        assert_eq!(
-            body["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
-            "1"
-        );
-        respond(send, 200, &body);
+        // The patch applies to the pod as cached, and leaves it released.
+        let patch: json_patch::Patch = serde_json::from_value(ops.clone()).unwrap();
+        let mut doc = serde_json::to_value(cached_gated_pod(1)).unwrap();
+        json_patch::patch(&mut doc, &patch.0).unwrap();
+        assert_eq!(doc["spec"]["schedulingGates"], json!([]));
+        respond(send, 200, &doc);
 
         expect_service_apply(&mut handle).await;
         let status = expect_status_apply(&mut handle).await;
@@ -340,6 +360,87 @@ async fn scenario_gated_pod_is_released_with_node_affinity_in_one_update() {
         .await
         .unwrap()
         .unwrap();
+}
+
+fn unprocessable(message: &str) -> Value {
+    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Invalid","code":422,"message":message})
+}
+
+/// A release whose `test` fails: the pod is read back before anything is forgotten.
+async fn release_rejected_then_read(found: Option<Pod>) -> Arc<Context> {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![cached_gated_pod(1)]);
+    let server = tokio::spawn(async move {
+        let (method, _, ct, _, send) = next(&mut handle).await;
+        assert_eq!((method, ct.as_str()), (http::Method::PATCH, JSON_PATCH));
+        respond(
+            send,
+            422,
+            &unprocessable("the server rejected our request due to an error in our request"),
+        );
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(
+            uri,
+            format!("/api/v1/namespaces/serving/pods/{}", pod_name())
+        );
+        match found {
+            Some(pod) => respond(send, 200, &serde_json::to_value(pod).unwrap()),
+            None => respond(
+                send,
+                404,
+                &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+            ),
+        }
+    });
+    let err = reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.stage(), "ReleasePod");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    ctx
+}
+
+fn reserved(ctx: &Context) -> Option<String> {
+    ctx.ledger
+        .lock()
+        .unwrap()
+        .get(&vllm_operator::api::PodRef {
+            namespace: "serving".into(),
+            name: pod_name(),
+        })
+        .map(|r| r.node.clone())
+}
+
+#[tokio::test]
+async fn scenario_failed_release_of_an_already_released_pod_keeps_its_reservation() {
+    // An earlier release (whose answer was lost, or seen late by the cache) already removed the
+    // gate and pinned the pod to a100-b: its memory is promised there.
+    let mut released = cached_gated_pod(1);
+    released.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+    released.metadata.annotations = Some(
+        [(
+            "vllm-operator.io/placement".to_string(),
+            json!({"pod": pod_name(), "node": "a100-b", "tensorParallelSize": 1, "quantization": "none",
+                   "kvCacheDtype": "auto", "gpuMemoryUtilization": 0.9, "maxModelLen": 8192,
+                   "kvCacheTokens": 1000})
+            .to_string(),
+        )]
+        .into(),
+    );
+    let ctx = release_rejected_then_read(Some(released)).await;
+    assert_eq!(reserved(&ctx).as_deref(), Some("a100-b"));
+}
+
+#[tokio::test]
+async fn scenario_failed_release_of_a_still_gated_or_gone_pod_forgets_its_reservation() {
+    let ctx = release_rejected_then_read(Some(cached_gated_pod(1))).await;
+    assert_eq!(reserved(&ctx), None);
+    let ctx = release_rejected_then_read(None).await;
+    assert_eq!(reserved(&ctx), None);
 }
 
 #[tokio::test]
@@ -381,7 +482,7 @@ async fn scenario_gated_pod_sized_for_another_tp_is_deleted_with_its_uid() {
 }
 
 #[tokio::test]
-async fn scenario_launcher_refusal_deletes_the_pod_and_creates_a_fresh_one() {
+async fn scenario_launcher_refusal_deletes_the_pod_and_waits_for_it_to_go() {
     let mut failed = cached_gated_pod(1);
     failed.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
     failed.status = Some(
@@ -410,16 +511,16 @@ async fn scenario_launcher_refusal_deletes_the_pod_and_creates_a_fresh_one() {
             200,
             &serde_json::to_value(cached_gated_pod(1)).unwrap(),
         );
-        let (method, uri, _, body, send) = next(&mut handle).await;
-        assert_eq!(method, http::Method::PATCH);
-        assert!(uri.starts_with(&format!("/api/v1/namespaces/serving/pods/{}?", pod_name())));
-        assert_eq!(
-            body["spec"]["schedulingGates"][0]["name"],
-            "vllm-operator.io/placement"
-        );
-        respond(send, 201, &body);
+        // No create under the name of the pod being deleted: the apply would patch it.
         expect_service_apply(&mut handle).await;
-        expect_status_apply(&mut handle).await;
+        let status = expect_status_apply(&mut handle).await;
+        assert!(
+            status["status"]["placements"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for the previous pod"),
+            "{status}"
+        );
         let event = expect_event(&mut handle, "LauncherRefused").await;
         assert_eq!(event["type"], "Warning");
     });
@@ -437,8 +538,12 @@ async fn scenario_status_is_applied_to_the_status_subresource_with_kstatus_condi
     let (client, mut handle) = mock();
     let ctx = context(client, vec![cached_gated_pod(1)]);
     let server = tokio::spawn(async move {
-        let (_, _, _, body, send) = next(&mut handle).await; // the release
-        respond(send, 200, &body);
+        let (_, _, _, _, send) = next(&mut handle).await; // the release
+        respond(
+            send,
+            200,
+            &serde_json::to_value(cached_gated_pod(1)).unwrap(),
+        );
         expect_service_apply(&mut handle).await;
         let body = expect_status_apply(&mut handle).await;
         assert_eq!(body["apiVersion"], "vllm-operator.io/v1alpha1");
@@ -494,8 +599,12 @@ async fn scenario_service_selects_the_deployments_pods_on_its_port() {
     let (client, mut handle) = mock();
     let ctx = context(client, vec![cached_gated_pod(1)]);
     let server = tokio::spawn(async move {
-        let (_, _, _, body, send) = next(&mut handle).await; // the release
-        respond(send, 200, &body);
+        let (_, _, _, _, send) = next(&mut handle).await; // the release
+        respond(
+            send,
+            200,
+            &serde_json::to_value(cached_gated_pod(1)).unwrap(),
+        );
         let (method, uri, ct, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::PATCH);
         assert_eq!(
@@ -609,7 +718,7 @@ async fn scenario_lease_is_created_when_absent() {
         );
         let (method, uri, _, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::POST);
-        assert_eq!(uri, format!("{LEASE_PATH}?"));
+        assert_eq!(uri, format!("{LEASE_PATH}?&fieldManager=vllm-operator"));
         assert_eq!(body["metadata"]["name"], "vllm-operator-leader");
         assert_eq!(body["spec"]["holderIdentity"], "controller-a");
         assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
@@ -634,7 +743,10 @@ async fn scenario_lease_renewal_is_guarded_by_resource_version() {
         respond(send, 200, &lease("controller-a", "42"));
         let (method, uri, _, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::PUT);
-        assert_eq!(uri, format!("{LEASE_PATH}/vllm-operator-leader?"));
+        assert_eq!(
+            uri,
+            format!("{LEASE_PATH}/vllm-operator-leader?&fieldManager=vllm-operator")
+        );
         assert_eq!(body["metadata"]["resourceVersion"], "42");
         assert_eq!(body["spec"]["holderIdentity"], "controller-a");
         // Another replica wrote first: 409, and this round does not lead.
@@ -671,6 +783,55 @@ async fn scenario_live_lease_of_another_replica_is_left_alone() {
     );
     drop(api);
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn scenario_a_renewal_that_hangs_ends_leadership_at_the_renew_deadline() {
+    let deadline = Duration::from_millis(400);
+    let (client, mut handle) = mock();
+    let started = std::time::Instant::now();
+    let server = tokio::spawn(async move {
+        let (_, _, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            404,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+        );
+        let (method, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::POST);
+        respond(send, 201, &body);
+        // From now on the API server answers nothing.
+        let mut hung = Vec::new();
+        while let Some(request) = handle.next_request().await {
+            hung.push(request);
+        }
+    });
+    let (state_tx, mut state_rx) = tokio::sync::watch::channel(leader::LeaderState::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(leader::run_with(
+        kube::Api::namespaced(client, "ops"),
+        "vllm-operator-leader".into(),
+        Elector::new("controller-a", LEASE_DURATION),
+        (deadline, Duration::from_millis(50)),
+        state_tx,
+        stop_rx,
+    ));
+    tokio::time::timeout(Duration::from_secs(5), state_rx.wait_for(|s| s.leader))
+        .await
+        .expect("acquired")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), state_rx.wait_for(|s| !s.leader))
+        .await
+        .expect("leadership must end although the renewal never answers")
+        .unwrap();
+    // Not before the deadline, counted from before the acquiring request was sent.
+    assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), election)
+        .await
+        .unwrap()
+        .unwrap();
+    server.abort();
 }
 
 #[tokio::test]
@@ -724,8 +885,12 @@ async fn scenario_service_held_by_another_manager_is_reported_not_overwritten() 
     let (client, mut handle) = mock();
     let ctx = context(client, vec![cached_gated_pod(1)]);
     let server = tokio::spawn(async move {
-        let (_, _, _, body, send) = next(&mut handle).await; // the release
-        respond(send, 200, &body);
+        let (_, _, _, _, send) = next(&mut handle).await; // the release
+        respond(
+            send,
+            200,
+            &serde_json::to_value(cached_gated_pod(1)).unwrap(),
+        );
         let (method, uri, _, _, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::PATCH);
         assert!(!uri.contains("force"), "never force the Service: {uri}");
@@ -884,9 +1049,14 @@ async fn scenario_placed_events_of_two_pods_are_two_series_on_their_pods() {
     let ctx = context_on(client, dep.clone(), pods, (gpunodes, nodes));
     let server = tokio::spawn(async move {
         for _ in 0..2 {
-            let (method, uri, _, body, send) = next(&mut handle).await; // the releases
-            assert_eq!(method, http::Method::PUT, "{uri} {body}");
-            respond(send, 200, &body);
+            let (method, uri, ct, body, send) = next(&mut handle).await; // the releases
+            assert_eq!(method, http::Method::PATCH, "{uri} {body}");
+            assert_eq!(ct, JSON_PATCH);
+            respond(
+                send,
+                200,
+                &serde_json::to_value(cached_gated_pod(1)).unwrap(),
+            );
         }
         let (_, _, _, body, send) = next(&mut handle).await; // the Service
         respond(send, 200, &body);

@@ -7,7 +7,7 @@ use vllm_operator::api::{
     GpuInfo, GpuMemory, GpuNode, GpuNodeSpec, GpuNodeStatus, PodRef, VllmDeploymentSpec,
 };
 use vllm_operator::controller::decide::{
-    Action, DeploymentView, Outcome, PodPhase, PodView, reconcile,
+    Action, DeploymentView, Outcome, PodPhase, PodView, STUCK_TIMEOUT, StuckKind, reconcile,
 };
 use vllm_operator::controller::failures::FailureBook;
 use vllm_operator::model::{Architecture, VllmFamily, catalog};
@@ -106,6 +106,18 @@ impl Run {
         pods: &[PodView],
         fleet: &Fleet,
     ) -> Outcome {
+        self.decide_at(spec, arch, hash, pods, fleet, now())
+    }
+
+    fn decide_at(
+        &mut self,
+        spec: &VllmDeploymentSpec,
+        arch: Result<&Architecture, String>,
+        hash: &str,
+        pods: &[PodView],
+        fleet: &Fleet,
+        now: Timestamp,
+    ) -> Outcome {
         let view = DeploymentView {
             name: "llm".into(),
             namespace: "ml".into(),
@@ -122,7 +134,7 @@ impl Run {
             fleet,
             &mut self.ledger,
             &mut self.failures,
-            now(),
+            now,
         )
     }
 }
@@ -257,7 +269,8 @@ fn a_launcher_refusal_replaces_the_pod_and_two_back_off_from_the_gpu() {
     });
     let o = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
     assert_eq!(deletes(&o), ["llm-0-h1"]);
-    assert_eq!(creates(&o), [0]);
+    // The replacement takes the same name: it waits until the failed pod is gone.
+    assert!(creates(&o).is_empty(), "{:?}", o.actions);
     let e = o
         .events
         .iter()
@@ -404,4 +417,152 @@ fn a_deployment_queued_behind_an_older_one_does_not_plan() {
         "{}",
         c.message
     );
+}
+
+#[test]
+fn a_replacement_is_not_created_under_the_name_of_a_pod_being_deleted() {
+    let (s, a, f) = (spec(1), arch(), fleet(1, &[]));
+    let mut run = Run::new();
+    let failed = pod(
+        0,
+        "h1",
+        PodPhase::Failed {
+            message: "container vllm exited with code 1".into(),
+        },
+    );
+    // Round 1: the failed pod is deleted; its replacement (same name) is not created yet.
+    let o = run.decide(&s, Ok(&a), "h1", std::slice::from_ref(&failed), &f);
+    assert_eq!(deletes(&o), ["llm-0-h1"]);
+    assert!(creates(&o).is_empty(), "{:?}", o.actions);
+    assert!(
+        o.status.placements[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("waiting for the previous pod llm-0-h1 to be deleted"),
+        "{:?}",
+        o.status.placements
+    );
+    // Round 2: still terminating: nothing.
+    let o = run.decide(&s, Ok(&a), "h1", &[pod(0, "h1", PodPhase::Terminating)], &f);
+    assert!(o.actions.is_empty(), "{:?}", o.actions);
+    // Round 3: gone: the replacement is created.
+    let o = run.decide(&s, Ok(&a), "h1", &[], &f);
+    assert_eq!(creates(&o), [0]);
+}
+
+#[test]
+fn a_released_pod_that_never_schedules_is_placed_again_after_the_timeout() {
+    let (s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    // Place it: the ledger holds its reservation.
+    let o = run.decide(&s, Ok(&a), "h1", &[pod(0, "h1", PodPhase::Gated)], &f);
+    let Action::Release { status, .. } = &o.actions[0] else {
+        panic!("{:?}", o.actions)
+    };
+    assert_eq!(run.ledger.len(), 1);
+    let mut stuck = pod(
+        0,
+        "h1",
+        PodPhase::Stuck {
+            kind: StuckKind::Unschedulable,
+            reason: "unschedulable: 0/1 nodes are available: 1 node(s) had untolerated taint"
+                .into(),
+        },
+    );
+    stuck.placement = Some(status.clone());
+    let at = |s: i64| now() + k8s_openapi::jiff::SignedDuration::from_secs(s);
+    let limit = STUCK_TIMEOUT.as_secs() as i64;
+    for t in [0, limit / 2, limit - 1] {
+        let o = run.decide_at(&s, Ok(&a), "h1", std::slice::from_ref(&stuck), &f, at(t));
+        assert!(o.actions.is_empty(), "at {t}s: {:?}", o.actions);
+        assert!(
+            o.status.placements[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("released but not starting: unschedulable"),
+            "{:?}",
+            o.status.placements
+        );
+    }
+    assert_eq!(
+        run.ledger.len(),
+        1,
+        "the reservation holds while it may still start"
+    );
+    let o = run.decide_at(
+        &s,
+        Ok(&a),
+        "h1",
+        std::slice::from_ref(&stuck),
+        &f,
+        at(limit),
+    );
+    assert_eq!(deletes(&o), ["llm-0-h1"]);
+    assert!(run.ledger.is_empty(), "the reservation is released");
+    let e = o
+        .events
+        .iter()
+        .find(|e| e.reason == "Unschedulable")
+        .unwrap();
+    assert!(
+        e.warning
+            && e.message
+                .contains("not started 5 min after release to node-a"),
+        "{}",
+        e.message
+    );
+    // The scheduler refused the node: it is avoided at once, and the re-placement says why.
+    assert_eq!(
+        run.failures.avoided(at(limit)),
+        [("node-a".to_string(), "*".to_string())]
+    );
+    let o = run.decide_at(
+        &s,
+        Ok(&a),
+        "h1",
+        &[pod(0, "h1", PodPhase::Gated)],
+        &f,
+        at(limit + 10),
+    );
+    assert!(
+        o.actions.is_empty(),
+        "node-a is the only node: {:?}",
+        o.actions
+    );
+    assert_eq!(cond(&o, "Admitted").1, "InsufficientGpuMemory");
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_releases_the_reservation_after_the_timeout() {
+    let (s, a, f) = (spec(1), arch(), fleet(1, &[]));
+    let mut run = Run::new();
+    let pull = pod(
+        0,
+        "h1",
+        PodPhase::Stuck {
+            kind: StuckKind::ImagePull,
+            reason: "container vllm cannot pull image vllm/vllm-openai:nope: ErrImagePull".into(),
+        },
+    );
+    let at = |s: i64| now() + k8s_openapi::jiff::SignedDuration::from_secs(s);
+    let o = run.decide_at(&s, Ok(&a), "h1", std::slice::from_ref(&pull), &f, at(0));
+    assert!(o.actions.is_empty());
+    // It started pulling again (a new attempt): the clock restarts.
+    let _ = run.decide_at(
+        &s,
+        Ok(&a),
+        "h1",
+        &[pod(0, "h1", PodPhase::Pending)],
+        &f,
+        at(200),
+    );
+    let o = run.decide_at(&s, Ok(&a), "h1", std::slice::from_ref(&pull), &f, at(400));
+    assert!(o.actions.is_empty(), "{:?}", o.actions);
+    let o = run.decide_at(&s, Ok(&a), "h1", std::slice::from_ref(&pull), &f, at(700));
+    assert_eq!(deletes(&o), ["llm-0-h1"]);
+    assert!(o.events.iter().any(|e| e.reason == "ImagePullFailed"));
+    // An image problem is not the node's fault.
+    assert!(run.failures.avoided(at(700)).is_empty());
 }

@@ -299,3 +299,108 @@ fn the_readme_example_settles_with_every_deployment_ready() {
         assert!(d0.get(key).is_some(), "{key}");
     }
 }
+
+#[test]
+fn two_pack_deployments_share_one_time_sliced_gpu() {
+    let r = simulate(
+        "fleet-shared-h100.yaml",
+        &["llama-8b-pack-a.yaml", "llama-8b-pack-b.yaml"],
+        &[],
+    );
+    assert!(r.settled);
+    assert_eq!(r.startup_failures, 0);
+    assert_eq!(r.launcher_refusals, 0);
+    for name in ["llama-8b-pack-a", "llama-8b-pack-b"] {
+        let s = status(&r, name);
+        assert_eq!(s.ready_replicas, 1, "{name}: {:?}", s.placements);
+        assert_eq!(s.placements[0].node.as_deref(), Some("h100-shared"));
+    }
+    let on_gpu0 = r
+        .world
+        .pods
+        .iter()
+        .filter(|p| p.held.iter().any(|(i, _)| *i == 0))
+        .count();
+    assert_eq!(on_gpu0, 2, "the kubelet hands the one GPU to both pods");
+}
+
+#[test]
+fn a_hand_written_fleet_without_spec_is_accepted() {
+    let (gpunodes, _) = read_fleet(&fixture("fleet-handwritten.yaml")).unwrap();
+    assert_eq!(gpunodes.len(), 1);
+    let r = simulate("fleet-handwritten.yaml", &["llama-8b-a.yaml"], &[]);
+    assert_eq!(status(&r, "llama-8b-a").ready_replicas, 1);
+}
+
+#[test]
+fn a_failed_pod_s_replacement_waits_until_the_old_pod_is_gone() {
+    let calm = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &[]);
+    let placed_at = calm
+        .events
+        .iter()
+        .find(|e| e.reason == "Placed")
+        .unwrap()
+        .step;
+    let node = status(&calm, "llama-8b-a").placements[0]
+        .node
+        .clone()
+        .unwrap();
+    let race: Vec<ExternalEvent> = (0..2)
+        .map(|gpu| ExternalEvent {
+            step: placed_at + 1,
+            node: node.clone(),
+            gpu: Some(gpu),
+            bytes: Some(75 << 30),
+            kind: ExternalKind::Memory,
+        })
+        .collect();
+    let r = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &race);
+    assert_eq!(r.launcher_refusals, 1);
+    assert!(
+        r.world.create_conflicts.is_empty(),
+        "created over a terminating pod: {:?}",
+        r.world.create_conflicts
+    );
+    assert!(!r.events.iter().any(|e| e.reason == "CreateRejected"));
+    assert_eq!(status(&r, "llama-8b-a").ready_replicas, 1);
+}
+
+#[test]
+fn a_released_pod_that_never_schedules_is_placed_elsewhere_after_the_timeout() {
+    let calm = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &[]);
+    let placed_at = calm
+        .events
+        .iter()
+        .find(|e| e.reason == "Placed")
+        .unwrap()
+        .step;
+    let node = status(&calm, "llama-8b-a").placements[0]
+        .node
+        .clone()
+        .unwrap();
+    let taint = ExternalEvent {
+        step: placed_at + 1,
+        node: node.clone(),
+        gpu: None,
+        bytes: None,
+        kind: ExternalKind::Unschedulable,
+    };
+    let r = simulate("fleet-two-nodes.yaml", &["llama-8b-a.yaml"], &[taint]);
+    assert!(r.settled);
+    let s = status(&r, "llama-8b-a");
+    assert_eq!(s.ready_replicas, 1);
+    assert_ne!(s.placements[0].node.as_deref(), Some(node.as_str()));
+    let reason = s.placements[0].reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("re-planned after not started 5 min after release to"),
+        "{reason}"
+    );
+    let e = r
+        .events
+        .iter()
+        .find(|e| e.reason == "Unschedulable")
+        .unwrap();
+    assert_eq!(e.type_, "Warning");
+    // Not before the timeout: 300 s at 10 s a step.
+    assert!(e.step >= placed_at + 1 + 30, "{} vs {placed_at}", e.step);
+}

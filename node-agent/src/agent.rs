@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use vllm_operator::api::GpuInfo;
 
-use crate::metrics::{Metrics, router};
+use crate::metrics::{Metrics, liveness_window, router};
 use crate::nvml::{GpuInventory, InventorySnapshot};
 use crate::podresources;
 use crate::publish::{
@@ -37,6 +37,9 @@ pub enum AgentError {
     #[error("kube client: {0}")]
     Client(kube::Error),
 }
+
+/// How long the kubelet's PodResources API may take to answer one List.
+pub const PODRESOURCES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exponential backoff, doubling from the poll interval and capped.
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +86,9 @@ pub async fn run(
     client: kube::Client,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_liveness_window(liveness_window(
+        config.thresholds.heartbeat,
+    )));
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .map_err(|source| AgentError::Bind {
@@ -158,7 +163,18 @@ async fn poll_once(
     state.conditions_dirty |= state.conditions.set(nvml_state, now);
 
     let mut gpus = state.last_snapshot.gpus.clone();
-    let allocations = match podresources::list(&config.pod_resources_socket).await {
+    let listed = tokio::time::timeout(
+        PODRESOURCES_TIMEOUT,
+        podresources::list(&config.pod_resources_socket),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(podresources::PodResourcesError::Timeout {
+            path: config.pod_resources_socket.display().to_string(),
+            after: PODRESOURCES_TIMEOUT,
+        })
+    });
+    let allocations = match listed {
         Ok(resp) => {
             state.conditions_dirty |= state.conditions.set(
                 ConditionState {
@@ -212,6 +228,7 @@ async fn poll_once(
                 tracing::debug!(?reason, "published");
                 metrics.publishes.inc();
                 metrics.publish_ok.store(true, Ordering::Relaxed);
+                metrics.published();
                 state.last_published = Some(gpus);
                 state.last_publish_at = Instant::now();
                 state.conditions_dirty = false;

@@ -309,9 +309,13 @@ fn run_cmd(lib: &str, args: RunArgs) -> ExitCode {
     };
     let lib = lib.to_string();
     let result = runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| e.to_string())?;
+        // No watches: every call may carry a read timeout.
+        let mut kube_config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+        kube_config.connect_timeout = Some(Duration::from_secs(10));
+        kube_config.read_timeout = Some(vllm_node_agent::publish::CALL_TIMEOUT);
+        kube_config.write_timeout = Some(vllm_node_agent::publish::CALL_TIMEOUT);
+        kube_config.reset_reader_on_write = true;
+        let client = kube::Client::try_from(kube_config).map_err(|e| e.to_string())?;
         // NVML missing is a condition on the GpuNode, not a crash: retry opening it in the loop.
         let inventory: Arc<dyn GpuInventory> = Arc::new(vllm_node_agent::nvml::LazyNvml::new(lib));
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -1,7 +1,8 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -37,6 +38,22 @@ pub struct Metrics {
     pub nvml_ok: AtomicBool,
     /// Last publish succeeded, or a retry is scheduled within the backoff.
     pub publish_ok: AtomicBool,
+    /// When a GpuNode publish last succeeded (the agent's start before the first).
+    last_publish: Mutex<Instant>,
+    /// `/healthz` fails when no publish succeeded for this long.
+    liveness_window: Duration,
+}
+
+/// Heartbeats without a successful publish after which the agent counts as hung.
+pub const LIVENESS_HEARTBEATS: u32 = 4;
+/// The shortest liveness window: room for two publish retries at the 60 s backoff cap.
+pub const MIN_LIVENESS_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long the agent may go without a successful publish before `/healthz` fails: it
+/// publishes at least once per heartbeat, so several heartbeats of silence mean the loop or an
+/// API call hangs, which only a restart cures.
+pub fn liveness_window(heartbeat: Duration) -> Duration {
+    (heartbeat * LIVENESS_HEARTBEATS).max(MIN_LIVENESS_WINDOW)
 }
 
 impl Default for Metrics {
@@ -77,11 +94,40 @@ impl Default for Metrics {
             errors,
             nvml_ok: AtomicBool::new(false),
             publish_ok: AtomicBool::new(true),
+            last_publish: Mutex::new(Instant::now()),
+            liveness_window: liveness_window(Duration::from_secs(30)),
         }
     }
 }
 
 impl Metrics {
+    /// Metrics whose liveness allows `window` without a successful publish.
+    pub fn with_liveness_window(window: Duration) -> Self {
+        Self {
+            liveness_window: window,
+            ..Self::default()
+        }
+    }
+
+    /// A publish succeeded just now.
+    pub fn published(&self) {
+        self.published_at(Instant::now());
+    }
+
+    pub fn published_at(&self, at: Instant) {
+        *self.last_publish.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// Alive at `now`: a publish succeeded within the liveness window.
+    pub fn live_at(&self, now: Instant) -> bool {
+        let last = *self.last_publish.lock().unwrap_or_else(|p| p.into_inner());
+        now.saturating_duration_since(last) <= self.liveness_window
+    }
+
+    pub fn live(&self) -> bool {
+        self.live_at(Instant::now())
+    }
+
     pub fn observe(&self, node: &str, gpus: &[GpuInfo]) {
         for g in gpus {
             let labels = GpuLabels {
@@ -133,7 +179,22 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                 )
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.live() {
+                    (StatusCode::OK, "ok".to_string())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "no GpuNode publish succeeded in the last {}s",
+                            m.liveness_window.as_secs()
+                        ),
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
@@ -145,4 +206,53 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             }),
         )
         .with_state(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_after_several_heartbeats_without_a_publish() {
+        assert_eq!(
+            liveness_window(Duration::from_secs(30)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            liveness_window(Duration::from_secs(60)),
+            Duration::from_secs(240)
+        );
+        let m = Metrics::with_liveness_window(Duration::from_secs(120));
+        let t0 = Instant::now();
+        m.published_at(t0);
+        assert!(m.live_at(t0 + Duration::from_secs(120)));
+        assert!(!m.live_at(t0 + Duration::from_secs(121)));
+        m.published_at(t0 + Duration::from_secs(100));
+        assert!(m.live_at(t0 + Duration::from_secs(200)));
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_503_when_no_publish_succeeds() {
+        use tower::ServiceExt;
+        let m = Arc::new(Metrics::with_liveness_window(Duration::from_secs(120)));
+        let get = |m: Arc<Metrics>| async move {
+            router(m)
+                .oneshot(
+                    axum::http::Request::get("/healthz")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(get(m.clone()).await, StatusCode::OK);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(121)) else {
+            return; // a monotonic clock this young cannot express it
+        };
+        m.published_at(long_ago);
+        assert_eq!(get(m.clone()).await, StatusCode::SERVICE_UNAVAILABLE);
+        m.published();
+        assert_eq!(get(m).await, StatusCode::OK);
+    }
 }

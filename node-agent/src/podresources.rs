@@ -60,6 +60,11 @@ pub enum PodResourcesError {
     },
     #[error("PodResourcesLister/List on {path}: {source}")]
     List { path: String, source: tonic::Status },
+    #[error("PodResourcesLister/List on {path}: no answer within {after:?}")]
+    Timeout {
+        path: String,
+        after: std::time::Duration,
+    },
 }
 
 /// `device ID -> pods` for every device the kubelet assigned.

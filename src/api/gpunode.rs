@@ -47,6 +47,14 @@ pub struct GpuNodeStatus {
     /// `Shared` when the device plugin time-slices or runs MPS on this node.
     #[serde(default)]
     pub sharing: Sharing,
+    /// How the device plugin shares the GPUs (`time-slicing` or `mps`), from the Node's
+    /// `nvidia.com/gpu.sharing-strategy` label; absent when they are not shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_strategy: Option<String>,
+    /// How many pods the device plugin hands each GPU to at once (the Node's
+    /// `nvidia.com/gpu.replicas` label), when shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_per_gpu: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -112,4 +120,114 @@ pub struct GpuProcess {
     pub used_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+}
+
+/// NVIDIA GPU feature discovery's label with the device plugin's sharing strategy.
+pub const LABEL_SHARING_STRATEGY: &str = "nvidia.com/gpu.sharing-strategy";
+/// NVIDIA GPU feature discovery's label with how many replicas each GPU is advertised as.
+pub const LABEL_GPU_REPLICAS: &str = "nvidia.com/gpu.replicas";
+
+/// How a node's device plugin shares its GPUs, as NVIDIA GPU feature discovery labels the Node
+/// (NVIDIA/k8s-device-plugin internal/lm/resource.go, `baseLabeler`: `gpu.replicas` is 0 with
+/// sharing disabled, 1 by default, N when each GPU is replicated N times; `gpu.sharing-strategy`
+/// is `none` unless replicas > 1, then `time-slicing` or `mps`). Releases before the strategy
+/// label only replicated for time-slicing, so replicas > 1 without it means time-slicing.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeSharing {
+    pub sharing: Sharing,
+    pub strategy: Option<String>,
+    pub replicas_per_gpu: Option<u32>,
+}
+
+impl NodeSharing {
+    pub fn from_labels(labels: &std::collections::BTreeMap<String, String>) -> Self {
+        let replicas = labels
+            .get(LABEL_GPU_REPLICAS)
+            .and_then(|r| r.trim().parse::<u32>().ok());
+        let strategy = labels.get(LABEL_SHARING_STRATEGY).map(|s| s.trim());
+        let shared_strategy = match strategy {
+            Some(s @ ("time-slicing" | "mps")) => Some(s.to_string()),
+            // An explicit `none` wins over a replicas count.
+            Some(_) => None,
+            None => replicas
+                .filter(|r| *r > 1)
+                .map(|_| "time-slicing".to_string()),
+        };
+        match shared_strategy {
+            Some(strategy) => NodeSharing {
+                sharing: Sharing::Shared,
+                strategy: Some(strategy),
+                replicas_per_gpu: replicas.filter(|r| *r > 0),
+            },
+            None => NodeSharing::default(),
+        }
+    }
+
+    /// Write this onto a status.
+    pub fn apply_to(&self, status: &mut GpuNodeStatus) {
+        status.sharing = self.sharing;
+        status.sharing_strategy = self.strategy.clone();
+        status.replicas_per_gpu = self.replicas_per_gpu;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sharing_follows_gpu_feature_discovery_labels() {
+        let shared = |strategy: &str, replicas: Option<u32>| NodeSharing {
+            sharing: Sharing::Shared,
+            strategy: Some(strategy.into()),
+            replicas_per_gpu: replicas,
+        };
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[])),
+            NodeSharing::default()
+        );
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[
+                (LABEL_SHARING_STRATEGY, "none"),
+                (LABEL_GPU_REPLICAS, "1")
+            ])),
+            NodeSharing::default()
+        );
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[
+                (LABEL_SHARING_STRATEGY, "time-slicing"),
+                (LABEL_GPU_REPLICAS, "4")
+            ])),
+            shared("time-slicing", Some(4))
+        );
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[
+                (LABEL_SHARING_STRATEGY, "mps"),
+                (LABEL_GPU_REPLICAS, "8")
+            ])),
+            shared("mps", Some(8))
+        );
+        // Older feature discovery: replicas only, for time-slicing.
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[(LABEL_GPU_REPLICAS, "2")])),
+            shared("time-slicing", Some(2))
+        );
+        // Garbage does not make a node shared.
+        assert_eq!(
+            NodeSharing::from_labels(&labels(&[
+                (LABEL_SHARING_STRATEGY, "bogus"),
+                (LABEL_GPU_REPLICAS, "many")
+            ])),
+            NodeSharing::default()
+        );
+    }
 }

@@ -1,12 +1,13 @@
 //! The apply stages: turn the decision's actions into Pod writes, then the Service, the status
 //! and the events. Every create is a server-side apply with field manager `vllm-operator`; the
-//! release is one resourceVersion-guarded update; deletes carry the pod's uid as precondition.
+//! release is one JSON patch that first `test`s the placement gate is still there; deletes
+//! carry the pod's uid as precondition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource};
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use super::context::{Context, Error};
 use super::decide::{Action, Event, carry_transition_times};
-use super::pod::{self, gated_pod, gpu_count, released_pod};
+use super::pod::{self, PLACEMENT_GATE, gated_pod, gpu_count, released_pod};
 use super::service::service;
 use crate::api::{PodRef, VllmDeployment, VllmDeploymentStatus};
 
@@ -26,8 +27,11 @@ pub enum Step {
     Create {
         pod: Box<Pod>,
     },
+    /// `pod` is the builder's released pod; `patch` the JSON patch that turns the cached pod
+    /// into it (gate tested and removed, affinity and annotations set).
     Release {
         pod: Box<Pod>,
+        patch: json_patch::Patch,
     },
     Delete {
         name: String,
@@ -88,9 +92,16 @@ pub fn steps(
                         from: n,
                         to: tp,
                     }),
-                    _ => out.push(Step::Release {
-                        pod: build(pod, released_pod(current, placement, status))?,
-                    }),
+                    _ => {
+                        let released = build(pod, released_pod(current, placement, status))?;
+                        // Without the gate in the cache there is nothing to release.
+                        if let Some(patch) = release_patch(current, &released) {
+                            out.push(Step::Release {
+                                pod: released,
+                                patch,
+                            });
+                        }
+                    }
                 }
             }
             Action::Delete { pod, reason } => out.push(Step::Delete {
@@ -101,6 +112,123 @@ pub fn steps(
         }
     }
     Ok(out)
+}
+
+/// RFC 6901 escaping of one JSON pointer segment.
+fn pointer_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The JSON patch (RFC 6902) that releases `current` (as cached) into `released` (the
+/// builder's output for it): `test` that the placement gate is still at its index, remove it,
+/// set the affinity and the plan annotations. Only these paths are sent, so fields of a newer
+/// API server that k8s-openapi does not know are kept, and no resourceVersion is needed: a
+/// stale cache fails the `test` (422, staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// patch.go, `applyJSPatch`) instead of a 409 on an unrelated change. `None` when `current`
+/// has no placement gate.
+pub fn release_patch(current: &Pod, released: &Pod) -> Option<json_patch::Patch> {
+    let gates = current.spec.as_ref()?.scheduling_gates.as_ref()?;
+    let index = gates.iter().position(|g| g.name == PLACEMENT_GATE)?;
+    let mut ops = vec![
+        serde_json::json!({"op": "test", "path": format!("/spec/schedulingGates/{index}/name"), "value": PLACEMENT_GATE}),
+        serde_json::json!({"op": "remove", "path": format!("/spec/schedulingGates/{index}")}),
+    ];
+    if let Some(affinity) = released.spec.as_ref().and_then(|s| s.affinity.as_ref()) {
+        // `add` on an existing member replaces it: the builder's affinity is the cached one
+        // plus the node pin, which the API server accepts while the pod is gated.
+        ops.push(serde_json::json!({"op": "add", "path": "/spec/affinity", "value": affinity}));
+    }
+    let wanted = released.metadata.annotations.clone().unwrap_or_default();
+    match &current.metadata.annotations {
+        Some(have) => {
+            for (key, value) in &wanted {
+                if have.get(key) != Some(value) {
+                    ops.push(serde_json::json!({
+                        "op": "add",
+                        "path": format!("/metadata/annotations/{}", pointer_segment(key)),
+                        "value": value,
+                    }));
+                }
+            }
+        }
+        // A gated pod we created carries no annotations; a patch cannot "add if absent", so
+        // the map is added whole (with anything the cache showed, which is nothing).
+        None if !wanted.is_empty() => {
+            ops.push(
+                serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": wanted}),
+            );
+        }
+        None => {}
+    }
+    serde_json::from_value(serde_json::Value::Array(ops)).ok()
+}
+
+/// What a release that failed (or whose answer was lost) leaves of the pod's reservation,
+/// judged from the pod as the API server has it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterFailedRelease {
+    /// Gone, or still gated: nothing runs on the reservation; forget it.
+    Forget,
+    /// Released (by this attempt or an earlier one) to this node: the reservation holds memory
+    /// a pod is about to use; keep it, on that node.
+    Keep { node: Option<String> },
+}
+
+pub fn after_failed_release(found: Option<&Pod>) -> AfterFailedRelease {
+    let Some(pod) = found else {
+        return AfterFailedRelease::Forget;
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return AfterFailedRelease::Forget;
+    }
+    let gated = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.name == PLACEMENT_GATE));
+    if gated {
+        return AfterFailedRelease::Forget;
+    }
+    let node = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(pod::ANNOTATION_PLACEMENT))
+        .and_then(|text| serde_json::from_str::<crate::api::Placement>(text).ok())
+        .and_then(|p| p.node);
+    AfterFailedRelease::Keep { node }
+}
+
+/// After a failed release: read the pod before forgetting anything. A reservation is forgotten
+/// only when the pod is known not to run on it; when the pod cannot be read, it is kept and
+/// times out on its own if nothing shows up (keeping too much is safe, forgetting is not).
+async fn settle_failed_release(ctx: &Context, api: &Api<Pod>, namespace: &str, name: &str) {
+    let found = match api.get_opt(name).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(pod = %name, error = %e, "cannot read the pod after a failed release; keeping its reservation");
+            return;
+        }
+    };
+    let pod_ref = PodRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    match after_failed_release(found.as_ref()) {
+        AfterFailedRelease::Forget => forget_reservation(ctx, namespace, name),
+        AfterFailedRelease::Keep { node } => {
+            let Ok(mut ledger) = ctx.ledger.lock() else {
+                return;
+            };
+            // Released earlier to another node: the memory is promised there.
+            if let (Some(node), Some(mut r)) = (node, ledger.get(&pod_ref).cloned())
+                && r.node != node
+            {
+                r.node = node;
+                ledger.reserve(r);
+            }
+        }
+    }
 }
 
 fn delete_params(uid: &Option<String>) -> DeleteParams {
@@ -141,15 +269,14 @@ pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) ->
                     })?;
                 info!(pod = %name, "created gated pod");
             }
-            Step::Release { pod } => {
+            Step::Release { pod, patch } => {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let params = PostParams {
+                let params = PatchParams {
                     field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
+                    ..PatchParams::default()
                 };
-                if let Err(source) = api.replace(&name, &params, &pod).await {
-                    // Not released: its reservation must not count against its next plan.
-                    forget_reservation(ctx, &namespace, &name);
+                if let Err(source) = api.patch(&name, &params, &Patch::Json::<()>(patch)).await {
+                    settle_failed_release(ctx, &api, &namespace, &name).await;
                     return Err(Error::ReleasePod { pod: name, source });
                 }
                 info!(pod = %name, "released pod");

@@ -20,7 +20,7 @@ use super::model_source::{ModelResolver, Unavailable};
 use super::pod::BuildError;
 use crate::api::{GpuNode, VllmDeployment};
 use crate::model::hub::HubClient;
-use crate::plan::{Fleet, Ledger};
+use crate::plan::{Fleet, Ledger, ReportsSeen};
 
 pub type Guarded = DeserializeGuard<VllmDeployment>;
 
@@ -137,6 +137,9 @@ pub struct Context {
     /// object versions (for up to a second, since staleness depends on the clock): building it
     /// from 5,000 GpuNodes takes about 20 ms, too much for every reconcile.
     pub fleet: Mutex<Option<(std::time::Instant, u64, Arc<Fleet>)>>,
+    /// When each agent report was seen to change, on this controller's clock: the basis of
+    /// staleness (see [`ReportsSeen`]).
+    pub reports_seen: Mutex<ReportsSeen>,
 }
 
 pub const REPORTER: &str = "vllm-operator";
@@ -165,6 +168,7 @@ impl Context {
             retries: Mutex::new(HashMap::new()),
             clock: Timestamp::now,
             fleet: Mutex::new(None),
+            reports_seen: Mutex::new(ReportsSeen::default()),
         }
     }
 
@@ -189,11 +193,14 @@ impl Context {
         {
             return fleet.clone();
         }
-        let fleet = Arc::new(Fleet::from_refs(
+        let mut seen = self.reports_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.observe(gpunodes.iter().map(|g| g.as_ref()), now);
+        let fleet = Arc::new(Fleet::from_refs_seen(
             gpunodes.iter().map(|g| g.as_ref()),
             nodes.iter().map(|n| n.as_ref()),
             now,
             self.settings.stale_after,
+            Some(&seen),
         ));
         *cache = Some((std::time::Instant::now(), versions, fleet.clone()));
         fleet

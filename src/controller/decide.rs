@@ -2,7 +2,7 @@
 //! pods, the fleet and the reservation ledger to the pod actions, the status and the events.
 //! The controller applies the actions through the API; `simulate` applies them in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -31,6 +31,12 @@ pub enum PodPhase {
     Gated,
     /// Released to the scheduler, not running yet.
     Pending,
+    /// Released, but the scheduler cannot place it or the kubelet cannot pull its image; it
+    /// would wait forever.
+    Stuck {
+        kind: StuckKind,
+        reason: String,
+    },
     /// Running, not ready yet (vLLM loading).
     Running,
     Ready,
@@ -41,6 +47,20 @@ pub enum PodPhase {
     /// Being deleted.
     Terminating,
 }
+
+/// Why a released pod does not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StuckKind {
+    /// The scheduler reports the pod unschedulable on its node (`PodScheduled=False`,
+    /// reason `Unschedulable`).
+    Unschedulable,
+    /// The kubelet cannot pull an image (`ErrImagePull`, `ImagePullBackOff`, ...).
+    ImagePull,
+}
+
+/// How long a released pod may stay stuck before its placement counts as failed: the
+/// reservation is released, the pod deleted and the replica re-planned.
+pub const STUCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The deployment as the decision sees it.
 #[derive(Clone, Debug)]
@@ -61,7 +81,7 @@ pub struct DeploymentView<'a> {
 pub enum Action {
     /// Create the replica's pod with the placement scheduling gate.
     CreateGated { pod: String, replica: u32 },
-    /// Pin to the node and remove the gate, in one update.
+    /// Pin to the node and remove the gate, in one JSON patch that tests the gate.
     Release {
         pod: String,
         placement: Box<Placement>,
@@ -141,6 +161,15 @@ pub fn carry_transition_times(new: &mut [Condition], old: &[Condition]) {
     }
 }
 
+fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
 fn summary<T: ToString + PartialEq>(values: impl Iterator<Item = T>) -> Option<String> {
     let mut seen: Vec<String> = Vec::new();
     for v in values {
@@ -175,7 +204,15 @@ pub fn reconcile(
     // Failed pods are replaced; memory failures are remembered per node so that repeated
     // failures back off from it.
     let mut live: Vec<&PodView> = Vec::new();
+    // Pods whose name a new pod must not take yet: a create (server-side apply) under the name
+    // of a pod being deleted would patch that pod instead, and re-adding a scheduling gate to
+    // a released pod is rejected (Kubernetes pkg/apis/core/validation/validation.go,
+    // validateSchedulingGates on update: gates may only be removed).
+    let mut going: BTreeSet<&str> = BTreeSet::new();
     for p in pods {
+        if !matches!(p.phase, PodPhase::Stuck { .. }) {
+            failures.unstuck(&dep.namespace, &p.name);
+        }
         match &p.phase {
             PodPhase::Failed { message } => {
                 let kind = classify_failure(message);
@@ -212,12 +249,53 @@ pub fn reconcile(
                 });
                 ledger.release(&pod_ref(&p.name));
                 failures.replica_failed(&dep.namespace, &dep.name, p.replica, reason.clone());
+                going.insert(&p.name);
                 actions.push(Action::Delete {
                     pod: p.name.clone(),
                     reason,
                 });
             }
-            PodPhase::Terminating => {}
+            PodPhase::Stuck { kind, reason } => {
+                let since = failures.stuck_since(&dep.namespace, &p.name, now);
+                let waited = Duration::from_secs(now.duration_since(since).as_secs().max(0) as u64);
+                if waited < STUCK_TIMEOUT {
+                    live.push(p);
+                    continue;
+                }
+                let node = p.placement.as_ref().and_then(|pl| pl.node.clone());
+                if let (StuckKind::Unschedulable, Some(n)) = (kind, &node) {
+                    failures.node_unusable(n, now);
+                }
+                let why = format!(
+                    "not started {} after release to {}: {reason}",
+                    format_duration(STUCK_TIMEOUT),
+                    node.as_deref().unwrap_or("its node")
+                );
+                events.push(Event {
+                    warning: true,
+                    reason: match kind {
+                        StuckKind::Unschedulable => "Unschedulable",
+                        StuckKind::ImagePull => "ImagePullFailed",
+                    }
+                    .into(),
+                    message: format!(
+                        "{}: {why}; releasing its reservation and placing it again",
+                        p.name
+                    ),
+                    pod: Some(p.name.clone()),
+                });
+                ledger.release(&pod_ref(&p.name));
+                failures.unstuck(&dep.namespace, &p.name);
+                failures.replica_failed(&dep.namespace, &dep.name, p.replica, why.clone());
+                going.insert(&p.name);
+                actions.push(Action::Delete {
+                    pod: p.name.clone(),
+                    reason: why,
+                });
+            }
+            PodPhase::Terminating => {
+                going.insert(&p.name);
+            }
             _ => live.push(p),
         }
     }
@@ -274,6 +352,16 @@ pub fn reconcile(
             }
             rollout_busy |= !old.is_empty();
             let name = pod_name(&dep.name, replica, &dep.spec_hash);
+            if going.contains(name.as_str()) {
+                placements.push(api::Placement {
+                    pod: name.clone(),
+                    reason: Some(format!(
+                        "waiting for the previous pod {name} to be deleted before creating its replacement"
+                    )),
+                    ..Default::default()
+                });
+                continue;
+            }
             actions.push(Action::CreateGated {
                 pod: name.clone(),
                 replica,
@@ -398,7 +486,11 @@ pub fn reconcile(
                     rollout_busy |= !old.is_empty();
                 }
                 if let Some(pl) = &cur.placement {
-                    placements.push(pl.clone());
+                    let mut pl = pl.clone();
+                    if let PodPhase::Stuck { reason, .. } = &cur.phase {
+                        pl.reason = Some(format!("released but not starting: {reason}"));
+                    }
+                    placements.push(pl);
                 }
             }
         }

@@ -101,6 +101,9 @@ const MEMORY: Duration = Duration::from_secs(3600);
 pub struct FailureBook {
     entries: BTreeMap<(String, String), (u32, Timestamp)>,
     replicas: BTreeMap<(String, String, u32), String>,
+    /// Released pods that do not start, by `(namespace, pod)`: when this controller first saw
+    /// them stuck (its own clock, not the scheduler's or the kubelet's).
+    stuck: BTreeMap<(String, String), Timestamp>,
 }
 
 impl FailureBook {
@@ -139,6 +142,32 @@ impl FailureBook {
         e.1 = now;
     }
 
+    /// A pod the scheduler could not place on `node`: avoid the whole node at once (not after
+    /// repeated failures, as for memory: the same node would refuse it again).
+    pub fn node_unusable(&mut self, node: &str, now: Timestamp) {
+        let e = self
+            .entries
+            .entry((node.to_string(), "*".to_string()))
+            .or_insert((0, now));
+        e.0 = e.0.max(FAILURES_BEFORE_BACKOFF - 1) + 1;
+        e.1 = now;
+    }
+
+    /// When the controller first saw `pod` stuck (recorded now if it was not).
+    pub fn stuck_since(&mut self, namespace: &str, pod: &str, now: Timestamp) -> Timestamp {
+        *self
+            .stuck
+            .entry((namespace.to_string(), pod.to_string()))
+            .or_insert(now)
+    }
+
+    /// `pod` is no longer stuck (it started, or is gone).
+    pub fn unstuck(&mut self, namespace: &str, pod: &str) {
+        if !self.stuck.is_empty() {
+            self.stuck.remove(&(namespace.to_string(), pod.to_string()));
+        }
+    }
+
     /// `(node, uuid)` pairs to avoid now; `"*"` stands for every GPU of the node.
     pub fn avoided(&self, now: Timestamp) -> Vec<(String, String)> {
         self.entries
@@ -159,6 +188,9 @@ impl FailureBook {
     pub fn forget_old(&mut self, now: Timestamp) {
         self.entries.retain(|_, (_, last)| {
             (now.duration_since(*last).as_secs().max(0) as u64) < MEMORY.as_secs()
+        });
+        self.stuck.retain(|_, since| {
+            (now.duration_since(*since).as_secs().max(0) as u64) < MEMORY.as_secs()
         });
     }
 }

@@ -5,6 +5,19 @@
 //! Expiry is measured on this replica's clock from when it last saw the Lease record change
 //! (as client-go does), not from the holder's `renewTime`, so clock skew cannot hand the
 //! lease to two replicas.
+//!
+//! The holder stops leading at its last successful renewal + [`RENEW_DEADLINE`], timed from
+//! *before* that renewal was sent and enforced by a timer, so a request that hangs cannot keep
+//! it leading past the moment a standby may take over (last seen change + [`LEASE_DURATION`]).
+//! The timings are client-go's defaults and rules
+//! (staging/src/k8s.io/client-go/tools/leaderelection/leaderelection.go, Kubernetes v1.34:
+//! `NewLeaderElector` requires LeaseDuration > RenewDeadline > JitterFactor x RetryPeriod;
+//! `renew` gives up when no `tryAcquireOrRenew` succeeded within RenewDeadline, and
+//! `tryAcquireOrRenew` takes `now` before it reads or writes the lock).
+//!
+//! kube-lease-manager 0.13 (kube 5, k8s-openapi 0.29: no second copy) was considered and not
+//! used: it computes expiry as the holder's `renewTime` + duration (src/state.rs, `sync`), so a
+//! standby whose clock runs ahead takes a live lease, and it offers no injectable clock.
 
 use std::time::Duration;
 
@@ -14,9 +27,16 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+/// How long a standby waits without seeing the Lease change before it takes over
+/// (client-go's default LeaseDuration).
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long the holder keeps leading after its last successful renewal (client-go's default
+/// RenewDeadline); must stay below [`LEASE_DURATION`].
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between rounds (client-go's default RetryPeriod).
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseDecision {
@@ -143,6 +163,15 @@ pub enum LeaseError {
     Read { name: String, source: kube::Error },
     #[error("write Lease {name}: {source}")]
     Write { name: String, source: kube::Error },
+    #[error("Lease {name}: no answer within {after:?}")]
+    Timeout { name: String, after: Duration },
+}
+
+fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(super::apply::FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
 }
 
 /// One round: read, decide, write. Returns whether we lead after it.
@@ -174,10 +203,11 @@ pub async fn round(
         },
         spec: Some(elector.lease_spec(spec, &decision, now)),
     };
+    let params = write_params();
     let written = match current {
-        None => api.create(&PostParams::default(), &lease).await,
+        None => api.create(&params, &lease).await,
         // resourceVersion-guarded: a replica that read the same version loses with 409.
-        Some(_) => api.replace(name, &PostParams::default(), &lease).await,
+        Some(_) => api.replace(name, &params, &lease).await,
     };
     match written {
         Ok(_) => Ok(true),
@@ -189,44 +219,124 @@ pub async fn round(
     }
 }
 
+/// Whether this replica leads, on a monotonic clock: it leads until the last successful
+/// renewal, timed from before the request was sent, + the renew deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Leadership {
+    renew_deadline: Duration,
+    renewed_at: Option<Instant>,
+}
+
+impl Leadership {
+    pub fn new(renew_deadline: Duration) -> Self {
+        Leadership {
+            renew_deadline,
+            renewed_at: None,
+        }
+    }
+
+    /// A renewal (or acquisition) sent at `sent_at` succeeded.
+    pub fn renewed(&mut self, sent_at: Instant) {
+        self.renewed_at = Some(sent_at);
+    }
+
+    /// Someone else holds the lease now.
+    pub fn lost(&mut self) {
+        self.renewed_at = None;
+    }
+
+    /// When leadership ends unless renewed before; `None` when not leading.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.renewed_at.map(|t| t + self.renew_deadline)
+    }
+
+    pub fn leading(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now < d)
+    }
+
+    /// How long a request sent at `now` may take: until the deadline while leading (a renewal
+    /// that answers later is worthless), else one renew deadline.
+    pub fn request_budget(&self, now: Instant) -> Duration {
+        match self.deadline() {
+            Some(d) if d > now => d - now,
+            Some(_) => Duration::ZERO,
+            None => self.renew_deadline,
+        }
+    }
+}
+
 /// Run the election until `shutdown` turns true; hands the lease back if it held it.
 pub async fn run(
     api: Api<Lease>,
     name: String,
+    elector: Elector,
+    state: watch::Sender<LeaderState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with(
+        api,
+        name,
+        elector,
+        (RENEW_DEADLINE, RETRY_PERIOD),
+        state,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with the renew deadline and retry period given (tests shorten them).
+pub async fn run_with(
+    api: Api<Lease>,
+    name: String,
     mut elector: Elector,
+    (renew_deadline, retry_period): (Duration, Duration),
     state: watch::Sender<LeaderState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_renewed: Option<std::time::Instant> = None;
+    let mut leadership = Leadership::new(renew_deadline);
     loop {
-        let outcome = round(&api, &name, &mut elector, Timestamp::now()).await;
-        let leader = match &outcome {
-            Ok(true) => {
-                last_renewed = Some(std::time::Instant::now());
-                true
-            }
-            Ok(false) => false,
-            // A leader that cannot renew keeps leading until its lease would have expired
-            // for the others, and not one round longer.
-            Err(e) => {
-                tracing::warn!(error = %e, "leader election round failed");
-                last_renewed.is_some_and(|t| t.elapsed() < elector.lease_duration - RENEW_EVERY)
-            }
-        };
+        // Both clocks are read before the request goes out.
+        let sent_at = Instant::now();
+        let budget = leadership.request_budget(sent_at);
+        let outcome =
+            match tokio::time::timeout(budget, round(&api, &name, &mut elector, Timestamp::now()))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(LeaseError::Timeout {
+                    name: name.clone(),
+                    after: budget,
+                }),
+            };
+        match &outcome {
+            Ok(true) => leadership.renewed(sent_at),
+            Ok(false) => leadership.lost(),
+            // A leader that cannot renew keeps leading until its deadline, not one moment
+            // longer: the timer below ends it even if no round completes.
+            Err(e) => tracing::warn!(error = %e, "leader election round failed"),
+        }
         state.send_replace(LeaderState {
-            leader,
+            leader: leadership.leading(Instant::now()),
             healthy: outcome.is_ok(),
         });
+        let next = Instant::now() + retry_period;
+        let wake = match leadership.deadline() {
+            Some(d) if d < next => d,
+            _ => next,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
             break;
         }
+        if !leadership.leading(Instant::now()) && state.borrow().leader {
+            state.send_modify(|s| s.leader = false);
+        }
     }
-    if state.borrow().leader {
-        release(&api, &name, &elector).await;
+    if leadership.leading(Instant::now()) {
+        let _ = tokio::time::timeout(renew_deadline, release(&api, &name, &elector)).await;
     }
 }
 
@@ -244,7 +354,7 @@ async fn release(api: &Api<Lease>, name: &str, elector: &Elector) {
         metadata: current.metadata.clone(),
         spec: Some(elector.released_spec(spec, Timestamp::now())),
     };
-    if let Err(e) = api.replace(name, &PostParams::default(), &lease).await {
+    if let Err(e) = api.replace(name, &write_params(), &lease).await {
         tracing::warn!(error = %e, "could not hand the lease back; the standby takes it when it expires");
     }
 }
@@ -315,6 +425,36 @@ mod tests {
             e.decide(Some(&held_by("b", -3590)), t(20)),
             LeaseDecision::Standby { .. }
         ));
+    }
+
+    #[test]
+    fn client_go_timing_rules_hold() {
+        // leaderelection.go NewLeaderElector: LeaseDuration > RenewDeadline > 1.2 x RetryPeriod.
+        assert!(LEASE_DURATION > RENEW_DEADLINE);
+        assert!(RENEW_DEADLINE.as_secs_f64() > 1.2 * RETRY_PERIOD.as_secs_f64());
+    }
+
+    #[test]
+    fn leadership_ends_at_the_last_renewal_sent_plus_the_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut l = Leadership::new(RENEW_DEADLINE);
+        assert!(!l.leading(t0));
+        assert_eq!(l.request_budget(t0), RENEW_DEADLINE);
+        // Sent at t0, answered 4 s later: the deadline counts from t0, not from the answer.
+        l.renewed(t0);
+        assert!(l.leading(t0 + s(4)));
+        assert!(l.leading(t0 + s(9)));
+        assert!(!l.leading(t0 + s(10)));
+        // A request sent at t0 + 7 s may take 3 s, no more.
+        assert_eq!(l.request_budget(t0 + s(7)), s(3));
+        assert_eq!(l.request_budget(t0 + s(12)), Duration::ZERO);
+        // The holder stops before a standby that saw the last change at t0 may take over.
+        assert!(t0 + RENEW_DEADLINE < t0 + LEASE_DURATION);
+        l.renewed(t0 + s(8));
+        assert!(l.leading(t0 + s(17)));
+        l.lost();
+        assert!(!l.leading(t0 + s(9)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -56,6 +56,33 @@ pub enum RunError {
     },
     #[error("lost the leader lease {0}; exiting so that a fresh replica stands by")]
     LostLease(String),
+}
+
+/// Connecting to the API server gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every request but a watch is answered within this long or fails, so that a hung call cannot
+/// stall a reconcile. The API server gives up on its side after 34 s
+/// (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/patch.go, requestTimeoutUpperBound).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client configuration for requests (get, apply, delete, events, the Lease).
+pub fn request_config(mut config: Config) -> Config {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    // Count the read timeout from when the request is sent, not from when a pooled
+    // connection went idle.
+    config.reset_reader_on_write = true;
+    config
+}
+
+/// The client configuration for watches: no per-read timeout (a quiet watch is healthy); kube's
+/// watcher closes a watch that stays silent past the server's own watch timeout.
+pub fn watch_config(mut config: Config) -> Config {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = None;
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config
 }
 
 /// Fail fast, in one line, when a CRD is missing (a list answering 404).
@@ -114,8 +141,14 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
 }
 
-/// A reflector kept up to date in the background.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// Objects the trigger channel of a cache hands to the controller.
+type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<Arc<K>>;
+
+/// A reflector kept up to date in the background: one watch, whose store serves reconcile and
+/// whose objects trigger the controller through the returned channel. The channel is
+/// unbounded so that the initial list, read before the controller starts, cannot stall the
+/// watch on backpressure (a subscribed broadcast would, once its buffer fills).
+fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Triggers<K>)
 where
     K: kube::Resource
         + Clone
@@ -127,21 +160,30 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
     let stream = watcher(api, config)
         .default_backoff()
         .reflect(writer)
         .touched_objects();
-    tokio::spawn(stream.for_each(|r| {
-        if let Err(e) = r {
-            warn!(error = %e, "watch failed; retrying");
+    tokio::spawn(stream.for_each(move |r| {
+        match r {
+            // A closed channel (nobody triggers on this kind) is fine.
+            Ok(obj) => {
+                let _ = tx.unbounded_send(Arc::new(obj));
+            }
+            Err(e) => warn!(error = %e, "watch failed; retrying"),
         }
         std::future::ready(())
     }));
-    store
+    (store, rx)
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    let inferred = Config::infer()
+        .await
+        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+    let client = Client::try_from(request_config(inferred.clone())).map_err(RunError::Connect)?;
+    let watch_client = Client::try_from(watch_config(inferred)).map_err(RunError::Connect)?;
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
@@ -204,18 +246,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         metrics.leader.store(true, Ordering::Relaxed);
     }
 
+    // One watch per kind: the caches below also trigger the controller.
+    let (gpunodes, gpunode_events) = cache(
+        Api::<GpuNode>::all(watch_client.clone()),
+        watcher::Config::default(),
+    );
+    let (pods, pod_events) = cache(Api::<Pod>::all(watch_client.clone()), managed());
     let stores = Stores {
         deployments: reflector::store().0,
-        gpunodes: cache(
-            Api::<GpuNode>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        gpunodes,
         nodes: if cfg.watch_nodes {
-            cache(Api::<Node>::all(client.clone()), watcher::Config::default())
+            cache(
+                Api::<Node>::all(watch_client.clone()),
+                watcher::Config::default(),
+            )
+            .0
         } else {
             reflector::store().0
         },
-        pods: cache(Api::<Pod>::all(client.clone()), managed()),
+        pods,
     };
     // Deciding on half-filled caches would re-create pods that exist.
     for (what, ready) in [
@@ -231,7 +280,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     }
 
     let controller = Controller::new(
-        Api::<Guarded>::all(client.clone()),
+        Api::<Guarded>::all(watch_client.clone()),
         watcher::Config::default().any_semantic(),
     );
     let deployments = controller.store();
@@ -263,13 +312,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             }
         }
     };
-    Controller::owns(controller, Api::<Pod>::all(client.clone()), managed())
-        .owns(Api::<Service>::all(client.clone()), managed())
-        .watches(
-            Api::<GpuNode>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| not_admitted(&deployments),
-        )
+    controller
+        .owns_shared_stream(pod_events)
+        .owns(Api::<Service>::all(watch_client.clone()), managed())
+        .watches_shared_stream(gpunode_events, move |_| not_admitted(&deployments))
         .with_config(controller::Config::default().debounce(Duration::from_secs(1)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use super::decide::{PodPhase, PodView};
+use super::decide::{PodPhase, PodView, StuckKind};
 use super::pod::{
     ANNOTATION_PLACEMENT, LABEL_REPLICA, LABEL_SPEC_HASH, PLACEMENT_GATE, VLLM_CONTAINER,
 };
@@ -91,6 +91,9 @@ pub fn phase(pod: &Pod) -> PodPhase {
         // Terminated or restarting with a message: its start failed, re-plan.
         return PodPhase::Failed { message };
     }
+    if let Some((kind, reason)) = stuck(pod) {
+        return PodPhase::Stuck { kind, reason };
+    }
     let ready = status
         .conditions
         .iter()
@@ -101,6 +104,63 @@ pub fn phase(pod: &Pod) -> PodPhase {
         Some("Running") => PodPhase::Running,
         _ => PodPhase::Pending,
     }
+}
+
+/// Container waiting reasons that mean the kubelet cannot pull the image (Kubernetes
+/// pkg/kubelet/images/types.go: ErrImagePullBackOff, ErrImageInspect, ErrImagePull,
+/// ErrImageNeverPull, ErrRegistryUnavailable, ErrInvalidImageName).
+const IMAGE_PULL_FAILURES: [&str; 6] = [
+    "ImagePullBackOff",
+    "ImageInspectError",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+    "InvalidImageName",
+];
+
+/// Why a pending, released pod cannot start: the scheduler's `PodScheduled=False` with reason
+/// `Unschedulable` (k8s.io/api core/v1 types.go, PodReasonUnschedulable), or a container
+/// (init included) waiting on an image pull failure.
+fn stuck(pod: &Pod) -> Option<(StuckKind, String)> {
+    let status = pod.status.as_ref()?;
+    if !matches!(status.phase.as_deref(), None | Some("Pending")) {
+        return None;
+    }
+    if let Some(c) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    }) {
+        let message = c.message.as_deref().unwrap_or("no reason given");
+        return Some((
+            StuckKind::Unschedulable,
+            format!("unschedulable: {message}"),
+        ));
+    }
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            IMAGE_PULL_FAILURES.contains(&reason).then(|| {
+                (
+                    StuckKind::ImagePull,
+                    format!(
+                        "container {} cannot pull image {}: {reason}{}",
+                        c.name,
+                        c.image,
+                        waiting
+                            .message
+                            .as_deref()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    ),
+                )
+            })
+        })
 }
 
 fn init_failure(pod: &Pod) -> Option<String> {
@@ -219,6 +279,42 @@ status:
             "{META}  deletionTimestamp: \"2026-11-26T12:00:00Z\"\nstatus:\n  phase: Running\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
         ));
         assert_eq!(phase(&terminating), PodPhase::Terminating);
+    }
+
+    #[test]
+    fn unschedulable_and_image_pull_failures_are_stuck() {
+        let unschedulable = pod(&format!(
+            "{META}spec:\n  containers: [{{name: vllm}}]\nstatus:\n  phase: Pending\n  conditions:\n  - {{type: PodScheduled, status: \"False\", reason: Unschedulable, message: \"0/3 nodes are available: 1 node(s) had untolerated taint\"}}\n"
+        ));
+        assert_eq!(
+            phase(&unschedulable),
+            PodPhase::Stuck {
+                kind: StuckKind::Unschedulable,
+                reason: "unschedulable: 0/3 nodes are available: 1 node(s) had untolerated taint"
+                    .into()
+            }
+        );
+        let pull = pod(&(META.to_string()
+            + r#"status:
+  phase: Pending
+  containerStatuses:
+  - name: vllm
+    ready: false
+    restartCount: 0
+    image: registry.example/vllm:v1
+    imageID: ""
+    state: {waiting: {reason: ImagePullBackOff, message: "Back-off pulling image"}}
+"#));
+        assert!(matches!(
+            phase(&pull),
+            PodPhase::Stuck { kind: StuckKind::ImagePull, reason }
+                if reason.contains("registry.example/vllm:v1: ImagePullBackOff (Back-off pulling image)")
+        ));
+        // Pending for an ordinary reason (still pulling, still scheduling) is just pending.
+        let pulling = pod(&format!(
+            "{META}status:\n  phase: Pending\n  conditions: [{{type: PodScheduled, status: \"True\"}}]\n"
+        ));
+        assert_eq!(phase(&pulling), PodPhase::Pending);
     }
 
     #[test]

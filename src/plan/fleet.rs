@@ -1,7 +1,7 @@
 //! The fleet as the planner sees it: GpuNode reports (and Node objects when present), with
 //! stale reports and unschedulable nodes marked, in plain structs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -66,6 +66,45 @@ fn format_age(d: Duration) -> String {
     }
 }
 
+/// When this process first saw each agent report (`observedAt` value), on its own clock: the
+/// controller's staleness rule. `observedAt` is the agent's clock; compared with the
+/// controller's, a node whose clock runs ahead looks fresh long after its agent died, and one
+/// whose clock runs behind looks stale while it reports. A *change* of the report is
+/// clock-independent, as client-go judges Lease records by when it observed them change
+/// (staging/src/k8s.io/client-go/tools/leaderelection/leaderelection.go, `observedTime`).
+/// `plan` and `simulate` keep the file rule (observedAt against the fleet's time).
+#[derive(Clone, Debug, Default)]
+pub struct ReportsSeen {
+    seen: HashMap<String, (String, Timestamp)>,
+}
+
+impl ReportsSeen {
+    /// Record the reports as they are now; a changed or new report counts as seen at `now`.
+    pub fn observe<'a>(&mut self, gpunodes: impl Iterator<Item = &'a GpuNode>, now: Timestamp) {
+        let mut present = HashSet::new();
+        for g in gpunodes {
+            let Some(name) = g.metadata.name.as_deref() else {
+                continue;
+            };
+            let observed = g.status.as_ref().map_or("", |s| s.observed_at.as_str());
+            match self.seen.get(name) {
+                Some((o, _)) if o == observed => {}
+                _ => {
+                    self.seen
+                        .insert(name.to_string(), (observed.to_string(), now));
+                }
+            }
+            present.insert(name);
+        }
+        self.seen.retain(|n, _| present.contains(n.as_str()));
+    }
+
+    /// When the current report of `node` was first seen.
+    pub fn seen_at(&self, node: &str) -> Option<Timestamp> {
+        self.seen.get(node).map(|(_, t)| *t)
+    }
+}
+
 impl Fleet {
     /// Build the fleet from agent reports and (optionally) Node objects. `now` and
     /// `stale_after` decide which reports are too old to trust.
@@ -86,6 +125,18 @@ impl Fleet {
         now: Timestamp,
         stale_after: Duration,
     ) -> Fleet {
+        Self::from_refs_seen(gpunodes, nodes, now, stale_after, None)
+    }
+
+    /// As [`Fleet::from_refs`]; with `seen`, a report's age counts from when this process saw
+    /// it change (the controller), else from its `observedAt` (files).
+    pub fn from_refs_seen<'a>(
+        gpunodes: impl Iterator<Item = &'a GpuNode>,
+        nodes: impl Iterator<Item = &'a Node>,
+        now: Timestamp,
+        stale_after: Duration,
+        seen: Option<&ReportsSeen>,
+    ) -> Fleet {
         let by_name: BTreeMap<&str, &Node> = nodes
             .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
             .collect();
@@ -104,7 +155,8 @@ impl Fleet {
                             Some(format!("report time {:?} is not RFC 3339", s.observed_at))
                     }
                     (Some(_), Some(t)) => {
-                        let age = now.duration_since(t);
+                        let basis = seen.and_then(|s| s.seen_at(&name)).unwrap_or(t);
+                        let age = now.duration_since(basis);
                         let age = Duration::from_secs(age.as_secs().max(0) as u64);
                         if age > stale_after {
                             // No age in the text: a message that changes every second would
@@ -181,9 +233,17 @@ impl Fleet {
                             .collect()
                     })
                     .unwrap_or_default();
+                // The agent reports the device plugin's sharing; the Node's feature-discovery
+                // labels say the same when the agent is older than that report.
+                let sharing = match status.map(|s| s.sharing).unwrap_or_default() {
+                    Sharing::Exclusive if node.is_some() => {
+                        crate::api::NodeSharing::from_labels(&labels).sharing
+                    }
+                    reported => reported,
+                };
                 Some(FleetNode {
                     name,
-                    sharing: status.map(|s| s.sharing).unwrap_or_default(),
+                    sharing,
                     gpus,
                     labels,
                     taints,
@@ -206,5 +266,75 @@ impl Fleet {
 
     pub fn gpu_count(&self) -> usize {
         self.nodes.iter().map(|n| n.gpus.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GpuNodeStatus;
+
+    fn report(observed_at: Timestamp) -> GpuNode {
+        let mut g = GpuNode::new("gpu-a", Default::default());
+        g.status = Some(GpuNodeStatus {
+            node_name: "gpu-a".into(),
+            observed_at: observed_at.to_string(),
+            ..Default::default()
+        });
+        g
+    }
+
+    fn stale(fleet: &Fleet) -> bool {
+        fleet.nodes[0]
+            .ineligible
+            .as_deref()
+            .is_some_and(|w| w.contains("stale"))
+    }
+
+    const STALE_AFTER: Duration = Duration::from_secs(90);
+
+    #[test]
+    fn the_controller_judges_age_from_when_it_saw_the_report_change() {
+        let t0: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + k8s_openapi::jiff::SignedDuration::from_secs(s);
+        let build = |g: &GpuNode, now, seen: Option<&ReportsSeen>| {
+            Fleet::from_refs_seen(
+                std::iter::once(g),
+                std::iter::empty(),
+                now,
+                STALE_AFTER,
+                seen,
+            )
+        };
+        let mut seen = ReportsSeen::default();
+
+        // The agent's clock is an hour ahead and its agent died: by observedAt the report looks
+        // fresh for an hour; by what the controller saw, it is stale after 90 s.
+        let ahead = report(at(3600));
+        seen.observe(std::iter::once(&ahead), at(0));
+        assert!(!stale(&build(&ahead, at(600), None)), "the file rule");
+        assert!(!stale(&build(&ahead, at(90), Some(&seen))));
+        seen.observe(std::iter::once(&ahead), at(91));
+        assert!(stale(&build(&ahead, at(91), Some(&seen))));
+
+        // The agent's clock is an hour behind but it keeps reporting: fresh, though observedAt
+        // is an hour old.
+        let mut seen = ReportsSeen::default();
+        for step in 0..5 {
+            let behind = report(at(step * 30 - 3600));
+            seen.observe(std::iter::once(&behind), at(step * 30));
+            assert!(stale(&build(&behind, at(step * 30), None)), "the file rule");
+            assert!(!stale(&build(&behind, at(step * 30), Some(&seen))));
+        }
+    }
+
+    #[test]
+    fn reports_of_deleted_nodes_are_forgotten() {
+        let t0: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let mut seen = ReportsSeen::default();
+        seen.observe(std::iter::once(&report(t0)), t0);
+        assert_eq!(seen.seen_at("gpu-a"), Some(t0));
+        seen.observe(std::iter::empty(), t0);
+        assert_eq!(seen.seen_at("gpu-a"), None);
     }
 }

@@ -15,7 +15,7 @@ use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, Vl
 use crate::fit::{Fit, GpuMemoryView, LaunchPlan, choose_for_gpus};
 use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
 use args::{Release, ServeFlags, serve_command, user_memory};
-pub use fleet::Fleet;
+pub use fleet::{Fleet, ReportsSeen};
 use fleet::{FleetNode, Gpu};
 pub use ledger::{Ledger, Released, Reservation};
 use reasons::Rejections;
@@ -259,7 +259,7 @@ fn usable_gpus<'n>(
         .filter(|g| {
             !req.avoid
                 .iter()
-                .any(|(n, u)| n == &node.name && u == &g.uuid)
+                .any(|(n, u)| n == &node.name && (u == &g.uuid || u == "*"))
         })
         .filter(|g| {
             spec.gpu.sharing == Sharing::Shared

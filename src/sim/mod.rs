@@ -32,7 +32,8 @@ pub struct ExternalEvent {
     pub gpu: Option<u32>,
     #[serde(default)]
     pub bytes: Option<i64>,
-    /// `memory` (default), `stale` (the node's agent stops reporting) or `delete-node`.
+    /// `memory` (default), `stale` (the node's agent stops reporting), `delete-node` or
+    /// `unschedulable` (the scheduler stops admitting pods on the node).
     #[serde(default)]
     pub kind: ExternalKind,
 }
@@ -44,6 +45,7 @@ pub enum ExternalKind {
     Memory,
     Stale,
     DeleteNode,
+    Unschedulable,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +114,7 @@ pub fn run(
     let mut quiet_steps = 0;
     let mut step = 0;
     let mut settled = false;
+    let mut conflicts_seen = 0;
     while step < cfg.max_steps {
         let now = start + SignedDuration::from_secs(cfg.step_seconds * step as i64);
         let mut changed = false;
@@ -127,6 +130,14 @@ pub fn run(
                 reason,
                 message,
             });
+            changed = true;
+        }
+        // A pod the scheduler or kubelet cannot start waits for the controller's timeout.
+        if world
+            .pods
+            .iter()
+            .any(|p| matches!(p.phase, decide::PodPhase::Stuck { .. }))
+        {
             changed = true;
         }
         let gpunodes = world.reports(now);
@@ -185,6 +196,16 @@ pub fn run(
             for action in outcome.actions {
                 world.apply(&namespace, &name, action);
             }
+            for message in world.create_conflicts.iter().skip(conflicts_seen) {
+                events.push(SimEvent {
+                    step,
+                    object: format!("{namespace}/{name}"),
+                    type_: "Warning",
+                    reason: "CreateRejected".into(),
+                    message: message.clone(),
+                });
+            }
+            conflicts_seen = world.create_conflicts.len();
             if statuses.get(&i) != Some(&outcome.status) {
                 changed = true;
             }

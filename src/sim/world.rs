@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{ExternalEvent, ExternalKind, SimEvent};
 use crate::api::{self, GpuMemory, GpuNode, GpuProcess, PodRef};
-use crate::controller::decide::{Action, PodPhase, PodView};
+use crate::controller::decide::{Action, PodPhase, PodView, StuckKind};
 use crate::fit::{GpuMemoryView, LaunchPlan, choose_for_gpus, passes_startup_check};
 
 /// The node agent's default heartbeat.
@@ -19,6 +19,8 @@ pub struct SimNode {
     /// The agent stopped reporting: the last report stays as it was.
     pub frozen: Option<GpuNode>,
     pub deleted: bool,
+    /// The scheduler no longer admits pods here (a taint or pressure the GpuNode does not show).
+    pub unschedulable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +42,9 @@ pub struct World {
     pub pods: Vec<SimPod>,
     pub startup_failures: u32,
     pub launcher_refusals: u32,
+    /// Creates the API server would have rejected: a pod of that name still exists (being
+    /// deleted), so the apply would patch it and try to re-add its scheduling gate.
+    pub create_conflicts: Vec<String>,
     next_pid: u32,
 }
 
@@ -63,6 +68,7 @@ impl World {
                         frozen: silent.then(|| g.clone()),
                         object: g,
                         deleted: false,
+                        unschedulable: false,
                     },
                 ))
             })
@@ -72,6 +78,7 @@ impl World {
             pods: Vec::new(),
             startup_failures: 0,
             launcher_refusals: 0,
+            create_conflicts: Vec::new(),
             next_pid: 100_000,
         }
     }
@@ -96,6 +103,19 @@ impl World {
                     (
                         "AgentStopped".to_string(),
                         format!("the node agent on {} stops reporting", e.node),
+                    )
+                }
+                None => ("Ignored".to_string(), format!("no node {}", e.node)),
+            },
+            ExternalKind::Unschedulable => match self.nodes.get_mut(&e.node) {
+                Some(n) => {
+                    n.unschedulable = true;
+                    (
+                        "NodeUnschedulable".to_string(),
+                        format!(
+                            "the scheduler stops admitting pods on {} (a taint its GpuNode does not show)",
+                            e.node
+                        ),
                     )
                 }
                 None => ("Ignored".to_string(), format!("no node {}", e.node)),
@@ -210,16 +230,29 @@ impl World {
     /// Carry out one controller action.
     pub fn apply(&mut self, namespace: &str, deployment: &str, action: Action) {
         match action {
-            Action::CreateGated { pod, replica } => self.pods.push(SimPod {
-                namespace: namespace.into(),
-                name: pod,
-                deployment: deployment.into(),
-                replica,
-                phase: PodPhase::Gated,
-                placement: None,
-                launch_plan: None,
-                held: Vec::new(),
-            }),
+            Action::CreateGated { pod, replica } => {
+                if let Some(old) = self
+                    .pods
+                    .iter()
+                    .find(|p| p.namespace == namespace && p.name == pod)
+                {
+                    self.create_conflicts.push(format!(
+                        "{namespace}/{pod}: created while a pod of that name is {:?}",
+                        old.phase
+                    ));
+                    return;
+                }
+                self.pods.push(SimPod {
+                    namespace: namespace.into(),
+                    name: pod,
+                    deployment: deployment.into(),
+                    replica,
+                    phase: PodPhase::Gated,
+                    placement: None,
+                    launch_plan: None,
+                    held: Vec::new(),
+                })
+            }
             Action::Release {
                 pod,
                 placement,
@@ -235,14 +268,14 @@ impl World {
                     p.launch_plan = Some(placement.launch_plan.clone());
                 }
             }
+            // The pod terminates; it is gone, and its memory free, at the next step.
             Action::Delete { pod, .. } => {
-                if let Some(i) = self
+                if let Some(p) = self
                     .pods
-                    .iter()
-                    .position(|p| p.namespace == namespace && p.name == pod)
+                    .iter_mut()
+                    .find(|p| p.namespace == namespace && p.name == pod)
                 {
-                    let p = self.pods.remove(i);
-                    self.free_pod(&p);
+                    p.phase = PodPhase::Terminating;
                 }
             }
         }
@@ -272,6 +305,13 @@ impl World {
     /// as `(object, reason, message, warning)`.
     pub fn start_pending(&mut self, _now: Timestamp) -> Vec<(String, String, String, bool)> {
         let mut out = Vec::new();
+        let (gone, kept): (Vec<SimPod>, Vec<SimPod>) = std::mem::take(&mut self.pods)
+            .into_iter()
+            .partition(|p| p.phase == PodPhase::Terminating);
+        self.pods = kept;
+        for p in &gone {
+            self.free_pod(p);
+        }
         for i in 0..self.pods.len() {
             match self.pods[i].phase {
                 PodPhase::Running => {
@@ -292,21 +332,17 @@ impl World {
             let Some(node) = self.nodes.get(&node_name).filter(|n| !n.deleted) else {
                 continue;
             };
+            if node.unschedulable {
+                self.pods[i].phase = PodPhase::Stuck {
+                    kind: StuckKind::Unschedulable,
+                    reason: format!(
+                        "unschedulable: 0/1 nodes are available: node {node_name} had untolerated taint"
+                    ),
+                };
+                continue;
+            }
             let tp = placement.tensor_parallel_size as usize;
-            // The kubelet hands out the lowest-numbered unallocated GPUs.
-            let gpus: Vec<api::GpuInfo> = node
-                .object
-                .status
-                .as_ref()
-                .map(|s| {
-                    s.gpus
-                        .iter()
-                        .filter(|g| g.allocated_to.is_none() && g.parent_uuid.is_none())
-                        .take(tp)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let gpus = self.kubelet_gpus(&node_name, tp);
             if gpus.len() < tp {
                 continue; // stays Pending until GPUs free up
             }
@@ -394,6 +430,45 @@ impl World {
             self.pods[i].phase = PodPhase::Running;
         }
         out
+    }
+
+    /// The GPUs the kubelet hands a pod asking for `count`. Whole GPUs: the lowest-numbered
+    /// unallocated ones. On a node whose device plugin shares GPUs (time-slicing or MPS, as the
+    /// GpuNode reports it), each GPU is advertised `replicasPerGpu` times and may go to that
+    /// many pods at once: the least-used GPUs first.
+    fn kubelet_gpus(&self, node: &str, count: usize) -> Vec<api::GpuInfo> {
+        let Some(status) = self.nodes.get(node).and_then(|n| n.object.status.as_ref()) else {
+            return Vec::new();
+        };
+        let physical = status.gpus.iter().filter(|g| g.parent_uuid.is_none());
+        if status.sharing != api::Sharing::Shared {
+            return physical
+                .filter(|g| g.allocated_to.is_none())
+                .take(count)
+                .cloned()
+                .collect();
+        }
+        let users = |index: u32| {
+            self.pods
+                .iter()
+                .filter(|p| {
+                    p.placement.as_ref().and_then(|pl| pl.node.as_deref()) == Some(node)
+                        && p.held.iter().any(|(i, _)| *i == index)
+                })
+                .count()
+        };
+        let limit = status
+            .replicas_per_gpu
+            .map_or(usize::MAX, |r| r.max(1) as usize);
+        let mut open: Vec<(usize, &api::GpuInfo)> = physical
+            .map(|g| (users(g.index), g))
+            .filter(|(u, _)| *u < limit)
+            .collect();
+        open.sort_by_key(|(u, g)| (*u, g.index));
+        open.into_iter()
+            .take(count)
+            .map(|(_, g)| g.clone())
+            .collect()
     }
 
     /// `(node, index, total, free)` for every GPU of every live node.

@@ -5,7 +5,9 @@ mod apply;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-pub use apply::{FIELD_MANAGER, PublishError, Publisher};
+pub use apply::{
+    CALL_TIMEOUT, FIELD_MANAGER, NODE_REFRESH, PublishError, Publisher, object_patch, status_patch,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use vllm_operator::api::{GpuInfo, GpuNodeStatus};
@@ -175,6 +177,8 @@ pub fn build_status(
         observed_at: observed_at.to_string(),
         driver_version,
         sharing: Default::default(),
+        sharing_strategy: None,
+        replicas_per_gpu: None,
         conditions,
         gpu_count: gpus.len() as u32,
         free_summary: free_summary(&gpus),
