@@ -40,6 +40,9 @@ pub struct FleetNode {
     pub allocatable_gpus: Option<u32>,
     /// Why no new replica may go here (stale report, cordoned, NVML failing), if any.
     pub ineligible: Option<String>,
+    /// When the report was taken, on this process's clock where it saw the report change
+    /// (the controller), else the agent's `observedAt` (files). The ledger compares it with
+    /// reservation times, which are on this process's clock.
     pub observed_at: Option<Timestamp>,
 }
 
@@ -241,6 +244,10 @@ impl Fleet {
                     }
                     reported => reported,
                 };
+                let observed_at = seen
+                    .and_then(|s| s.seen_at(&name))
+                    .filter(|_| observed_at.is_some())
+                    .or(observed_at);
                 Some(FleetNode {
                     name,
                     sharing,
@@ -326,6 +333,81 @@ mod tests {
             assert!(stale(&build(&behind, at(step * 30), None)), "the file rule");
             assert!(!stale(&build(&behind, at(step * 30), Some(&seen))));
         }
+    }
+
+    #[test]
+    fn a_reservation_settles_on_a_report_seen_after_it_whatever_the_agent_clock() {
+        use crate::api::{GpuInfo, PodRef};
+        use crate::plan::{Ledger, Released, Reservation};
+        let t0: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + k8s_openapi::jiff::SignedDuration::from_secs(s);
+        let pod = PodRef {
+            namespace: "ml".into(),
+            name: "llm-0-h".into(),
+        };
+        let mut ledger = Ledger::default();
+        ledger.reserve(Reservation {
+            pod: pod.clone(),
+            node: "gpu-a".into(),
+            gpus: 1,
+            shared_bytes: 0,
+            created_at: at(0),
+        });
+        // Ten seconds later the agent, whose clock is an hour behind, shows the pod on its GPU.
+        let mut g = report(at(10 - 3600));
+        g.status.as_mut().unwrap().gpus = vec![GpuInfo {
+            uuid: "GPU-0".into(),
+            allocated_to: Some(pod.clone()),
+            ..Default::default()
+        }];
+        let mut seen = ReportsSeen::default();
+        seen.observe(std::iter::once(&g), at(10));
+        let by_file = Fleet::from_refs_seen(
+            std::iter::once(&g),
+            std::iter::empty(),
+            at(10),
+            STALE_AFTER,
+            None,
+        );
+        assert!(
+            ledger
+                .clone()
+                .settle(&by_file, at(10), STALE_AFTER)
+                .is_empty()
+        );
+        let by_controller = Fleet::from_refs_seen(
+            std::iter::once(&g),
+            std::iter::empty(),
+            at(10),
+            STALE_AFTER,
+            Some(&seen),
+        );
+        assert_eq!(
+            ledger.settle(&by_controller, at(10), STALE_AFTER),
+            [(pod, Released::Reported)]
+        );
+    }
+
+    #[test]
+    fn a_node_labelled_time_sliced_is_shared_even_if_its_agent_does_not_say() {
+        let t0: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let g = report(t0);
+        let mut node = Node::default();
+        node.metadata.name = Some("gpu-a".into());
+        node.metadata.labels = Some(
+            [
+                (
+                    "nvidia.com/gpu.sharing-strategy".to_string(),
+                    "mps".to_string(),
+                ),
+                ("nvidia.com/gpu.replicas".to_string(), "2".to_string()),
+            ]
+            .into(),
+        );
+        let fleet = Fleet::from_objects(std::slice::from_ref(&g), &[node], t0, STALE_AFTER);
+        assert_eq!(fleet.nodes[0].sharing, Sharing::Shared);
+        let alone = Fleet::from_objects(&[g], &[], t0, STALE_AFTER);
+        assert_eq!(alone.nodes[0].sharing, Sharing::Exclusive);
     }
 
     #[test]
