@@ -12,3 +12,4 @@ pub mod ops;
 pub mod plan;
 pub mod quantity;
 pub mod sim;
+pub mod validate;

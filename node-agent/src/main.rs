@@ -220,9 +220,13 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
     };
     let mut command = args.command.clone();
     if let Some(path) = &args.args_file {
-        let extra = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --args-file {}: {e}", path.display()))
-            .and_then(|text| launch::parse_args_file(&text));
+        let extra = vllm_operator::validate::read_text(
+            path,
+            vllm_operator::validate::MAX_PLAN_BYTES,
+            "an args file",
+        )
+        .map_err(|e| format!("--args-file {e}"))
+        .and_then(|text| launch::parse_args_file(&text));
         match extra {
             Ok(extra) => command.extend(extra),
             Err(e) => return fail(format!("vllm-operator: bad-args: {e}")),

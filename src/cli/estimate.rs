@@ -57,12 +57,17 @@ pub struct EstimateArgs {
     pub output: Output,
 }
 
-/// Resolve `--model`: a path to a config.json, or a catalog id.
+/// Resolve `--model`: a path to a config.json, or a catalog id. Something that looks like a
+/// path (`./x`, `/x`, `x.json`) is read as one, so a missing file says so.
 pub fn load_architecture(model: &str) -> Result<Architecture, String> {
     let path = Path::new(model);
-    if path.is_file() {
+    let looks_like_path = model.starts_with(['.', '/', '~'])
+        || model.ends_with(".json")
+        || model.contains(std::path::MAIN_SEPARATOR) && path.exists();
+    if looks_like_path || path.is_file() {
         let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{model}: cannot read: {e}"))?;
+            crate::validate::read_text(path, crate::validate::MAX_CONFIG_BYTES, "a config.json")
+                .map_err(|e| e.to_string())?;
         let config: Value =
             serde_json::from_str(&text).map_err(|e| format!("{model}: not valid JSON: {e}"))?;
         return Architecture::from_hf_config(&config).map_err(|e| format!("{model}: {e}"));
@@ -133,7 +138,30 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
     }
     let computed = arch.parameter_breakdown().total();
     if let Some(p) = args.params {
+        if p == 0 || p > crate::validate::limits::MAX_PARAMETERS {
+            return bad(format!(
+                "--params {p} is not in 1..={}",
+                crate::validate::limits::MAX_PARAMETERS
+            ));
+        }
         arch.stated_parameters = Some(p);
+    }
+    if let Some(len) = args.max_model_len {
+        if len == 0 {
+            return bad("--max-model-len must be at least 1".into());
+        }
+        // vLLM's own rule (`_get_and_verify_max_len`, vllm/config/model.py in 0.11.0 and
+        // 0.33.0), which VLLM_ALLOW_LONG_MAX_MODEL_LEN lifts in the environment vLLM runs in.
+        let allowed = std::env::var("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"));
+        if !allowed
+            && let Some((limit, key)) = arch.max_model_len_limit(family)
+            && len > limit
+        {
+            return bad(format!(
+                "--max-model-len {len} is greater than the model's {limit} ({key} in its config); vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
+            ));
+        }
     }
     let shape = Shape {
         tensor_parallel_size: args.tensor_parallel_size,
@@ -162,7 +190,8 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
     };
     if let Some(p) = args.params {
         est.weights_bytes_per_gpu =
-            (est.weights_bytes_per_gpu as u128 * p as u128 / computed.max(1) as u128) as u64;
+            u64::try_from(est.weights_bytes_per_gpu as u128 * p as u128 / computed.max(1) as u128)
+                .unwrap_or(u64::MAX);
     }
     let utilization = args
         .gpu_memory_utilization

@@ -56,7 +56,11 @@ pub enum Output {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error; here 2 means "does not fit", so a bad flag is bad input.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match cli.command {
         Command::Crd { out_dirs } => crd(&out_dirs),
         Command::Estimate(args) => estimate::run(&args),
@@ -64,6 +68,16 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Simulate(args) => simulate::run_command(&args),
+    }
+}
+
+/// Print clap's message; `--help` and `--version` succeed, anything else is bad input.
+pub fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_BAD_INPUT),
     }
 }
 

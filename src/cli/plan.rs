@@ -15,7 +15,6 @@ use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
 use crate::api::{GpuNode, PodRef, VllmDeployment};
 use crate::controller::decide::pod_name;
 use crate::controller::pod::spec_hash;
-use crate::manifest::{Object, read_objects};
 use crate::model::resolve::resolve_local;
 use crate::model::{Architecture, VllmFamily};
 use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
@@ -38,75 +37,15 @@ pub struct PlanArgs {
     pub output: Output,
 }
 
-/// GpuNodes and Nodes from a fleet file.
+/// GpuNodes and Nodes from a fleet file, validated (see [`crate::validate::read_fleet`]).
 pub fn read_fleet(path: &Path) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
-    let mut gpunodes = Vec::new();
-    let mut nodes = Vec::new();
-    for obj in read_objects(path).map_err(|e| e.to_string())? {
-        match obj {
-            Object::GpuNode(g) => gpunodes.push(*g),
-            Object::Node(n) => nodes.push(*n),
-            Object::VllmDeployment(d) => {
-                return Err(format!(
-                    "{}: VllmDeployment {} belongs in -f, not in the fleet file",
-                    path.display(),
-                    d.metadata.name.unwrap_or_default()
-                ));
-            }
-            Object::Other { kind, name } => {
-                return Err(format!(
-                    "{}: {kind} {name} is not a GpuNode or Node",
-                    path.display()
-                ));
-            }
-        }
-    }
-    Ok((gpunodes, nodes))
+    crate::validate::read_fleet(path)
 }
 
-/// VllmDeployments from files, validated against the CRD's own rules.
+/// VllmDeployments from files, validated as the controller validates them (see
+/// [`crate::validate::read_deployments`]).
 pub fn read_deployments(paths: &[PathBuf]) -> Result<Vec<VllmDeployment>, String> {
-    let mut out = Vec::new();
-    for path in paths {
-        for obj in read_objects(path).map_err(|e| e.to_string())? {
-            match obj {
-                Object::VllmDeployment(d) => {
-                    let name = d.metadata.name.clone().unwrap_or_default();
-                    if name.is_empty() {
-                        return Err(format!(
-                            "{}: a VllmDeployment has no metadata.name",
-                            path.display()
-                        ));
-                    }
-                    if let Err(errors) = d.validate_cel() {
-                        let msgs: Vec<String> = errors
-                            .iter()
-                            .map(|e| format!("{}: {}", e.field_path, e.message))
-                            .collect();
-                        return Err(format!(
-                            "{}: VllmDeployment {name}: {}",
-                            path.display(),
-                            msgs.join("; ")
-                        ));
-                    }
-                    out.push(*d);
-                }
-                Object::Other { kind, name } => {
-                    return Err(format!(
-                        "{}: {kind} {name} is not a VllmDeployment",
-                        path.display()
-                    ));
-                }
-                Object::GpuNode(_) | Object::Node(_) => {
-                    return Err(format!(
-                        "{}: fleet objects belong in --fleet",
-                        path.display()
-                    ));
-                }
-            }
-        }
-    }
-    Ok(out)
+    crate::validate::read_deployments(paths)
 }
 
 /// The time a fleet file speaks for: its newest report.

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::plan::{fleet_time, offline_architecture, read_deployments, read_fleet};
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
-use crate::sim::{ExternalEvent, SimConfig, SimDeployment, SimReport, run};
+use crate::sim::{SimConfig, SimDeployment, SimReport, run, step_time};
+use crate::validate::{limits, read_external};
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
@@ -33,21 +34,19 @@ pub struct SimulateArgs {
     pub output: Output,
 }
 
-fn read_external(path: &PathBuf) -> Result<Vec<ExternalEvent>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let de = serde_norway::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize::<_, Option<Vec<ExternalEvent>>>(de)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
-}
-
 pub fn run_command(args: &SimulateArgs) -> ExitCode {
     let bad = |msg: String| {
         eprintln!("vllm-operator simulate: {msg}");
         ExitCode::from(EXIT_BAD_INPUT)
     };
-    let (gpunodes, _nodes) = match read_fleet(&args.fleet) {
+    if args.max_steps > limits::MAX_SIM_STEPS {
+        return bad(format!(
+            "--max-steps {} is more than {}",
+            args.max_steps,
+            limits::MAX_SIM_STEPS
+        ));
+    }
+    let (gpunodes, nodes) = match read_fleet(&args.fleet) {
         Ok(f) => f,
         Err(e) => return bad(e),
     };
@@ -55,14 +54,36 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return bad(e),
     };
+    let replicas: u64 = deployments
+        .iter()
+        .map(|d| d.spec.replicas.max(0) as u64)
+        .sum();
+    if replicas > limits::MAX_SIM_REPLICAS {
+        return bad(format!(
+            "the deployments ask for {replicas} replicas in all; simulate runs at most {}",
+            limits::MAX_SIM_REPLICAS
+        ));
+    }
     let external = match &args.external {
-        Some(p) => match read_external(p) {
+        Some(p) => match read_external(p, args.max_steps) {
             Ok(e) => e,
             Err(e) => return bad(e),
         },
         None => Vec::new(),
     };
     let start = fleet_time(&gpunodes).unwrap_or_else(Timestamp::now);
+    let cfg = SimConfig {
+        max_steps: args.max_steps,
+        stale_after: Duration::from_secs(args.stale_after_seconds),
+        nodes,
+        ..SimConfig::default()
+    };
+    if step_time(start, cfg.step_seconds, cfg.max_steps).is_none() {
+        return bad(format!(
+            "the fleet's time {start} plus {} steps of {} s passes the end of the calendar",
+            cfg.max_steps, cfg.step_seconds
+        ));
+    }
     let sims = deployments
         .into_iter()
         .map(|object| SimDeployment {
@@ -70,11 +91,6 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
             object,
         })
         .collect();
-    let cfg = SimConfig {
-        max_steps: args.max_steps,
-        stale_after: Duration::from_secs(args.stale_after_seconds),
-        ..SimConfig::default()
-    };
     let report = run(gpunodes, sims, &external, &cfg, start);
     match args.output {
         Output::Json => super::emit(&format!("{}\n", report_json(&report))),

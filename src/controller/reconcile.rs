@@ -24,8 +24,6 @@ use crate::cli::plan::family_from_image;
 use crate::model::Architecture;
 use crate::plan::{Decision, Fleet, Ledger, Request, plan_replica};
 
-/// Longest label value: the deployment name is the `app.kubernetes.io/instance` label.
-const MAX_LABEL_VALUE: usize = 63;
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -94,7 +92,11 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
         .await
         .map_err(Error::ResolveModel)?;
     // Validate.
-    let arch = arch.and_then(|a| validate(dep).map(|()| a));
+    let arch = arch.and_then(|a| {
+        validate(dep)
+            .and_then(|()| validate_with_model(dep, &a))
+            .map(|()| a)
+    });
     let now = (ctx.clock)();
     let pods = owned_pods(ctx, dep);
     let views: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p)).collect();
@@ -182,21 +184,30 @@ pub fn service_condition(
     (condition, error)
 }
 
-/// What the CRD's schema cannot check.
+/// What the CRD's schema cannot check: the shared validation pass ([`crate::validate`]),
+/// the same one `plan`, `simulate` and `render` run on files.
 pub fn validate(dep: &VllmDeployment) -> Result<(), String> {
-    let name = dep.metadata.name.as_deref().unwrap_or("");
-    if name.len() > MAX_LABEL_VALUE {
-        return Err(format!(
-            "invalid spec: the name {name:?} is longer than {MAX_LABEL_VALUE} characters, the limit of the app.kubernetes.io/instance label"
-        ));
+    problems_to_result(crate::validate::deployment(dep))
+}
+
+/// The rules that need the model (its length limit as vLLM derives it).
+pub fn validate_with_model(dep: &VllmDeployment, arch: &Architecture) -> Result<(), String> {
+    problems_to_result(crate::validate::deployment_with_architecture(
+        dep,
+        arch,
+        family_from_image(&dep.spec.image),
+    ))
+}
+
+fn problems_to_result(problems: Vec<crate::validate::Problem>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid spec: {}",
+            crate::validate::join(&problems)
+        ))
     }
-    if crate::quantity::parse_bytes(&dep.spec.memory.headroom.0).is_none() {
-        return Err(format!(
-            "invalid spec: memory.headroom {:?} is not a byte quantity",
-            dep.spec.memory.headroom.0
-        ));
-    }
-    Ok(())
 }
 
 /// The deployment's pods from the cache: same namespace, instance label and owner uid.
@@ -388,6 +399,27 @@ mod tests {
         assert!(validate(&d).unwrap_err().contains("memory.headroom"));
         d.spec.memory.headroom.0 = "1Gi".into();
         d.metadata.name = Some("x".repeat(64));
-        assert!(validate(&d).unwrap_err().contains("longer than 63"));
+        assert!(validate(&d).unwrap_err().contains("at most 63"));
+    }
+
+    #[test]
+    fn a_max_model_len_above_the_model_is_invalid_unless_vllm_is_told_to_allow_it() {
+        let text = include_str!("../../tests/fixtures/controller/deployment.yaml");
+        let mut d: VllmDeployment = serde_norway::from_str(text).unwrap();
+        let arch = crate::model::catalog::lookup("meta-llama/Llama-3.1-8B-Instruct")
+            .unwrap()
+            .architecture()
+            .unwrap();
+        d.spec.max_model_len = Some(131_072);
+        assert_eq!(validate_with_model(&d, &arch), Ok(()));
+        d.spec.max_model_len = Some(140_737_488_355_328);
+        let err = validate_with_model(&d, &arch).unwrap_err();
+        assert!(err.contains("spec.maxModelLen"), "{err}");
+        d.spec.env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "VLLM_ALLOW_LONG_MAX_MODEL_LEN".into(),
+            value: Some(" True ".into()),
+            value_from: None,
+        });
+        assert_eq!(validate_with_model(&d, &arch), Ok(()));
     }
 }

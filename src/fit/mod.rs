@@ -92,7 +92,8 @@ pub fn passes_startup_check(total_bytes: u64, free_after_overhead: u64, utilizat
 
 /// Bytes vLLM budgets at utilization `pct` hundredths of CUDA's total.
 fn budget_bytes(cuda_total: u64, pct: u64) -> u64 {
-    ((cuda_total as u128 * pct as u128) / UTILIZATION_STEPS as u128) as u64
+    u64::try_from((cuda_total as u128 * pct as u128) / UTILIZATION_STEPS as u128)
+        .unwrap_or(u64::MAX)
 }
 
 /// The range of utilizations (in hundredths) that work on one GPU: `max` is the largest that
@@ -243,8 +244,11 @@ fn shortfall(gpu: GpuMemoryView, plan: &LaunchPlan, min_pct: u64) -> Shortfall {
 
 /// Free bytes at which `pct` would pass: `ceil(pct * total) + overhead + headroom`.
 fn needed_free_bytes(gpu: GpuMemoryView, plan: &LaunchPlan, pct: u128) -> u64 {
-    let requested = (gpu.total_bytes as u128 * pct).div_ceil(UTILIZATION_STEPS as u128);
-    (requested as u64)
+    let requested = (gpu.total_bytes as u128)
+        .saturating_mul(pct)
+        .div_ceil(UTILIZATION_STEPS as u128);
+    u64::try_from(requested)
+        .unwrap_or(u64::MAX)
         .saturating_add(plan.startup_overhead_bytes)
         .saturating_add(plan.headroom_bytes)
 }

@@ -3,7 +3,10 @@
 
 use serde_json::Value;
 
+use super::context::context_length;
+pub use super::context::{ContextLength, RopeScaling};
 use crate::api::ModelArchitecture;
+use crate::validate::limits;
 
 /// How attention stores its KV cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +88,8 @@ pub struct Architecture {
     pub extra_parameters: u64,
     /// Parameter count stated by the publisher or the user, when known.
     pub stated_parameters: Option<u64>,
+    /// What vLLM derives the longest allowed `--max-model-len` from.
+    pub context: ContextLength,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,17 +100,75 @@ pub enum ArchitectureError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// A whole non-negative number; floats only when integral and exact (`4096.0`), never `1e30`.
+pub(super) fn number_u64(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9_007_199_254_740_992.0)
+            .map(|f| f as u64)
+    })
+}
+
 fn get_u64(v: &Value, key: &str) -> Option<u64> {
     match v.get(key)? {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => number_u64(n),
         _ => None,
     }
 }
 
-fn req_u64(v: &Value, key: &'static str) -> Result<u64, ArchitectureError> {
-    get_u64(v, key).ok_or(ArchitectureError::Missing(key))
+/// What a JSON value is, for messages.
+pub(super) fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+/// An optional size: absent or null is `None`; a value that is not a whole number in
+/// `1..=max` is an error naming the field (a string `"4096"` is not a number).
+pub(super) fn opt_size(
+    v: &Value,
+    key: &'static str,
+    max: u64,
+) -> Result<Option<u64>, ArchitectureError> {
+    let value = match v.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(x) => x,
+    };
+    let n = match value {
+        Value::Number(n) => number_u64(n),
+        _ => None,
+    }
+    .ok_or_else(|| ArchitectureError::Invalid {
+        field: key,
+        reason: format!("expected a whole number, found {}", describe(value)),
+    })?;
+    bounded(key, n, max).map(Some)
+}
+
+/// `value` in `1..=max`.
+fn bounded(field: &'static str, value: u64, max: u64) -> Result<u64, ArchitectureError> {
+    if value == 0 {
+        return Err(ArchitectureError::Invalid {
+            field,
+            reason: "must be positive".into(),
+        });
+    }
+    if value > max {
+        return Err(ArchitectureError::Invalid {
+            field,
+            reason: format!("{value} is above {max}, the largest this operator sizes"),
+        });
+    }
+    Ok(value)
+}
+
+fn req_size(v: &Value, key: &'static str, max: u64) -> Result<u64, ArchitectureError> {
+    opt_size(v, key, max)?.ok_or(ArchitectureError::Missing(key))
 }
 
 fn first_u64(v: &Value, keys: &[&'static str]) -> Option<u64> {
@@ -142,25 +205,26 @@ impl Architecture {
         };
         let c = &text;
         let model_type = get_str(c, "model_type").unwrap_or("").to_string();
-        let num_layers = req_u64(c, "num_hidden_layers")? as u32;
-        let hidden_size = req_u64(c, "hidden_size")?;
-        let num_attention_heads = req_u64(c, "num_attention_heads")? as u32;
-        if num_layers == 0 || hidden_size == 0 || num_attention_heads == 0 {
-            return Err(ArchitectureError::Invalid {
-                field: "num_hidden_layers/hidden_size/num_attention_heads",
-                reason: "must be positive".into(),
-            });
-        }
-        let num_kv_heads =
-            get_u64(c, "num_key_value_heads").unwrap_or(num_attention_heads as u64) as u32;
-        let head_dim = get_u64(c, "head_dim").unwrap_or(hidden_size / num_attention_heads as u64);
+        let num_layers = req_size(c, "num_hidden_layers", limits::MAX_LAYERS)? as u32;
+        let hidden_size = req_size(c, "hidden_size", limits::MAX_HIDDEN_SIZE)?;
+        let num_attention_heads = req_size(c, "num_attention_heads", limits::MAX_HEADS)? as u32;
+        let num_kv_heads = opt_size(c, "num_key_value_heads", limits::MAX_HEADS)?
+            .unwrap_or(num_attention_heads as u64) as u32;
+        let head_dim = match opt_size(c, "head_dim", limits::MAX_HEAD_DIM)? {
+            Some(d) => d,
+            None => bounded(
+                "head_dim",
+                hidden_size / num_attention_heads as u64,
+                limits::MAX_HEAD_DIM,
+            )?,
+        };
         let is_opt = model_type == "opt";
         let intermediate_size = if is_opt {
-            req_u64(c, "ffn_dim")?
+            req_size(c, "ffn_dim", limits::MAX_INTERMEDIATE_SIZE)?
         } else {
-            req_u64(c, "intermediate_size")?
+            req_size(c, "intermediate_size", limits::MAX_INTERMEDIATE_SIZE)?
         };
-        let vocab_size = match get_u64(c, "vocab_size") {
+        let vocab_size = match opt_size(c, "vocab_size", limits::MAX_VOCAB_SIZE)? {
             Some(v) => v,
             // Gemma 3's text_config omits it; transformers' default.
             None if model_type.starts_with("gemma3") => 262_208,
@@ -178,15 +242,22 @@ impl Architecture {
             field: "torch_dtype",
             reason: format!("unknown dtype {dtype:?}"),
         })?;
+        // Checked for type and bounds; the default length is vLLM's derivation.
+        opt_size(
+            c,
+            "max_position_embeddings",
+            limits::MAX_POSITION_EMBEDDINGS,
+        )?;
         let max_position_embeddings = derived_max_model_len(c, &model_type);
+        let context = context_length(c)?;
 
-        let attention = match get_u64(c, "kv_lora_rank") {
+        let attention = match opt_size(c, "kv_lora_rank", limits::MAX_RANK)? {
             Some(kv_lora_rank) => Attention::Mla {
                 kv_lora_rank,
-                q_lora_rank: get_u64(c, "q_lora_rank"),
-                qk_rope_head_dim: req_u64(c, "qk_rope_head_dim")?,
-                qk_nope_head_dim: req_u64(c, "qk_nope_head_dim")?,
-                v_head_dim: req_u64(c, "v_head_dim")?,
+                q_lora_rank: opt_size(c, "q_lora_rank", limits::MAX_RANK)?,
+                qk_rope_head_dim: req_size(c, "qk_rope_head_dim", limits::MAX_HEAD_DIM)?,
+                qk_nope_head_dim: req_size(c, "qk_nope_head_dim", limits::MAX_HEAD_DIM)?,
+                v_head_dim: req_size(c, "v_head_dim", limits::MAX_HEAD_DIM)?,
             },
             None => Attention::Standard,
         };
@@ -210,7 +281,7 @@ impl Architecture {
             .map(vision_parameters)
             .unwrap_or(0);
 
-        Ok(Architecture {
+        Architecture {
             model_type,
             num_layers,
             hidden_size,
@@ -230,37 +301,85 @@ impl Architecture {
             checkpoint,
             extra_parameters,
             stated_parameters: None,
-        })
+            context,
+        }
+        .checked(|f| f)
     }
 
     /// The VllmDeployment's inline architecture: a dense decoder with the given sizes.
     pub fn from_spec(spec: &ModelArchitecture) -> Result<Self, ArchitectureError> {
-        let need = |v: Option<u64>, name: &'static str| v.ok_or(ArchitectureError::Missing(name));
-        let num_layers = need(spec.num_hidden_layers.map(u64::from), "numHiddenLayers")? as u32;
-        let hidden_size = need(spec.hidden_size, "hiddenSize")?;
-        let heads = need(spec.num_attention_heads.map(u64::from), "numAttentionHeads")?;
-        if num_layers == 0 || hidden_size == 0 || heads == 0 {
-            return Err(ArchitectureError::Invalid {
-                field: "architecture",
-                reason: "numHiddenLayers, hiddenSize and numAttentionHeads must be positive".into(),
-            });
+        let size = |v: Option<u64>, name: &'static str, max: u64| match v {
+            Some(v) => bounded(name, v, max).map(Some),
+            None => Ok(None),
+        };
+        let need = |v: Option<u64>, name: &'static str, max: u64| {
+            size(v, name, max)?.ok_or(ArchitectureError::Missing(name))
+        };
+        let num_layers = need(
+            spec.num_hidden_layers.map(u64::from),
+            "numHiddenLayers",
+            limits::MAX_LAYERS,
+        )? as u32;
+        let hidden_size = need(spec.hidden_size, "hiddenSize", limits::MAX_HIDDEN_SIZE)?;
+        let heads = need(
+            spec.num_attention_heads.map(u64::from),
+            "numAttentionHeads",
+            limits::MAX_HEADS,
+        )?;
+        let num_kv_heads = size(
+            spec.num_key_value_heads.map(u64::from),
+            "numKeyValueHeads",
+            limits::MAX_HEADS,
+        )?
+        .unwrap_or(heads);
+        let head_dim = match size(
+            spec.head_dim.map(u64::from),
+            "headDim",
+            limits::MAX_HEAD_DIM,
+        )? {
+            Some(d) => d,
+            None => bounded("headDim", hidden_size / heads, limits::MAX_HEAD_DIM)?,
+        };
+        let intermediate_size = size(
+            spec.intermediate_size,
+            "intermediateSize",
+            limits::MAX_INTERMEDIATE_SIZE,
+        )?
+        .map_or_else(
+            || {
+                bounded(
+                    "intermediateSize",
+                    hidden_size * 4,
+                    limits::MAX_INTERMEDIATE_SIZE,
+                )
+            },
+            Ok,
+        )?;
+        let vocab_size = need(spec.vocab_size, "vocabSize", limits::MAX_VOCAB_SIZE)?;
+        let max_position_embeddings = size(
+            spec.max_position_embeddings,
+            "maxPositionEmbeddings",
+            limits::MAX_POSITION_EMBEDDINGS,
+        )?;
+        if let Some(p) = spec.parameters {
+            bounded("parameters", p, limits::MAX_PARAMETERS)?;
         }
         let dtype = spec.dtype.as_deref().unwrap_or("bfloat16");
-        Ok(Architecture {
+        Architecture {
             model_type: "custom".into(),
             num_layers,
             hidden_size,
-            intermediate_size: spec.intermediate_size.unwrap_or(hidden_size * 4),
+            intermediate_size,
             num_attention_heads: heads as u32,
-            num_kv_heads: spec.num_key_value_heads.unwrap_or(heads as u32),
-            head_dim: spec.head_dim.map(u64::from).unwrap_or(hidden_size / heads),
-            vocab_size: need(spec.vocab_size, "vocabSize")?,
+            num_kv_heads: num_kv_heads as u32,
+            head_dim,
+            vocab_size,
             tie_word_embeddings: spec.tie_word_embeddings.unwrap_or(false),
             dtype_bytes: dtype_bytes(dtype).ok_or_else(|| ArchitectureError::Invalid {
                 field: "dtype",
                 reason: format!("unknown dtype {dtype:?}"),
             })?,
-            max_position_embeddings: spec.max_position_embeddings.unwrap_or(4096),
+            max_position_embeddings: max_position_embeddings.unwrap_or(4096),
             attention: Attention::Standard,
             attention_bias: false,
             gated_mlp: true,
@@ -269,18 +388,149 @@ impl Architecture {
             checkpoint: CheckpointFormat::Dense,
             extra_parameters: 0,
             stated_parameters: spec.parameters,
-        })
+            context: ContextLength {
+                derived: max_position_embeddings.map(|l| (l, "maxPositionEmbeddings")),
+                model_max_length: None,
+                rope: Vec::new(),
+            },
+        }
+        .checked(spec_field_name)
     }
 
-    /// Parameters in the attention block of one layer.
+    /// Rules across fields, after every field is in its bounds: vLLM's attention needs the
+    /// query heads to be a multiple of the KV heads (vllm/attention/layer.py in 0.11.0,
+    /// vllm/model_executor/layers/attention/attention.py in 0.33.0: `assert num_heads %
+    /// num_kv_heads == 0`), and the parameter count must stay within
+    /// [`limits::MAX_PARAMETERS`] so that weight bytes cannot overflow. `name` maps a
+    /// config.json key to the caller's field name.
+    fn checked(self, name: fn(&'static str) -> &'static str) -> Result<Self, ArchitectureError> {
+        let invalid = |field: &'static str, reason: String| ArchitectureError::Invalid {
+            field: name(field),
+            reason,
+        };
+        if self.attention == Attention::Standard {
+            if self.num_kv_heads > self.num_attention_heads {
+                return Err(invalid(
+                    "num_key_value_heads",
+                    format!(
+                        "{} KV heads is more than the {} attention heads",
+                        self.num_kv_heads, self.num_attention_heads
+                    ),
+                ));
+            }
+            if !self.num_attention_heads.is_multiple_of(self.num_kv_heads) {
+                return Err(invalid(
+                    "num_key_value_heads",
+                    format!(
+                        "{} attention heads are not divisible by {} KV heads (vLLM asserts num_heads % num_kv_heads == 0)",
+                        self.num_attention_heads, self.num_kv_heads
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.num_experts > limits::MAX_EXPERTS {
+                return Err(invalid(
+                    "num_experts",
+                    format!("{} experts is above {}", m.num_experts, limits::MAX_EXPERTS),
+                ));
+            }
+            if m.experts_per_token == 0 || m.experts_per_token > m.num_experts {
+                return Err(invalid(
+                    "num_experts_per_tok",
+                    format!(
+                        "{} experts per token with {} experts",
+                        m.experts_per_token, m.num_experts
+                    ),
+                ));
+            }
+            if m.expert_intermediate_size > limits::MAX_INTERMEDIATE_SIZE
+                || m.shared_intermediate_size > limits::MAX_INTERMEDIATE_SIZE
+            {
+                return Err(invalid(
+                    "moe_intermediate_size",
+                    format!(
+                        "expert sizes {} / {} are above {}",
+                        m.expert_intermediate_size,
+                        m.shared_intermediate_size,
+                        limits::MAX_INTERMEDIATE_SIZE
+                    ),
+                ));
+            }
+        }
+        match &self.checkpoint {
+            CheckpointFormat::Gptq { bits, group_size } => {
+                // vllm/model_executor/layers/quantization/gptq.py (0.11.0): bits in [2, 3, 4, 8].
+                if ![2, 3, 4, 8].contains(bits) {
+                    return Err(invalid(
+                        "quantization_config",
+                        format!("GPTQ with {bits} bits; vLLM supports 2, 3, 4 and 8"),
+                    ));
+                }
+                if *group_size > limits::MAX_RANK {
+                    return Err(invalid(
+                        "quantization_config",
+                        format!("group size {group_size} is above {}", limits::MAX_RANK),
+                    ));
+                }
+            }
+            CheckpointFormat::Awq { group_size } if *group_size > limits::MAX_RANK => {
+                return Err(invalid(
+                    "quantization_config",
+                    format!("group size {group_size} is above {}", limits::MAX_RANK),
+                ));
+            }
+            CheckpointFormat::CompressedInt { bits } if !(1..=16).contains(bits) => {
+                return Err(invalid(
+                    "quantization_config",
+                    format!("{bits}-bit weights"),
+                ));
+            }
+            _ => {}
+        }
+        if let Some((window, _)) = self.sliding_window
+            && window > limits::MAX_POSITION_EMBEDDINGS
+        {
+            return Err(invalid(
+                "sliding_window",
+                format!("{window} is above {}", limits::MAX_POSITION_EMBEDDINGS),
+            ));
+        }
+        let computed = self.parameter_breakdown().total();
+        if computed > limits::MAX_PARAMETERS {
+            return Err(invalid(
+                "config",
+                format!(
+                    "the sizes make {computed} parameters, above {}",
+                    limits::MAX_PARAMETERS
+                ),
+            ));
+        }
+        if let Some(p) = self.stated_parameters
+            && p > limits::MAX_PARAMETERS
+        {
+            return Err(invalid(
+                "parameters",
+                format!("{p} is above {}", limits::MAX_PARAMETERS),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Parameters in the attention block of one layer. Saturating: sizes are bounded when the
+    /// architecture is read, and a product past u64 must read as huge, never wrap to small.
     fn attention_parameters(&self) -> u64 {
         let h = self.hidden_size;
         match &self.attention {
             Attention::Standard => {
-                let q = self.num_attention_heads as u64 * self.head_dim;
-                let kv = self.num_kv_heads as u64 * self.head_dim;
-                let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-                h * q + 2 * h * kv + q * h + bias
+                let q = mul(self.num_attention_heads as u64, self.head_dim);
+                let kv = mul(self.num_kv_heads as u64, self.head_dim);
+                let bias = if self.attention_bias {
+                    q.saturating_add(mul(2, kv))
+                } else {
+                    0
+                };
+                sum(&[mul(h, q), mul3(2, h, kv), mul(q, h), bias])
             }
             Attention::Mla {
                 kv_lora_rank,
@@ -290,24 +540,33 @@ impl Architecture {
                 v_head_dim,
             } => {
                 let heads = self.num_attention_heads as u64;
-                let q_head = qk_nope_head_dim + qk_rope_head_dim;
+                let q_head = qk_nope_head_dim.saturating_add(*qk_rope_head_dim);
                 let q = match q_lora_rank {
-                    Some(r) => h * r + r + r * heads * q_head,
-                    None => h * heads * q_head,
+                    Some(r) => sum(&[mul(h, *r), *r, mul3(*r, heads, q_head)]),
+                    None => mul3(h, heads, q_head),
                 };
-                let kv_a = h * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
-                let kv_b = kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
-                let o = heads * v_head_dim * h;
-                q + kv_a + kv_b + o
+                let kv_a = mul(h, kv_lora_rank.saturating_add(*qk_rope_head_dim))
+                    .saturating_add(*kv_lora_rank);
+                let kv_b = mul3(
+                    *kv_lora_rank,
+                    heads,
+                    qk_nope_head_dim.saturating_add(*v_head_dim),
+                );
+                let o = mul3(heads, *v_head_dim, h);
+                sum(&[q, kv_a, kv_b, o])
             }
         }
     }
 
     fn dense_mlp_parameters(&self, intermediate: u64) -> u64 {
         if self.gated_mlp {
-            3 * self.hidden_size * intermediate
+            mul3(3, self.hidden_size, intermediate)
         } else {
-            2 * self.hidden_size * intermediate + intermediate + self.hidden_size
+            sum(&[
+                mul3(2, self.hidden_size, intermediate),
+                intermediate,
+                self.hidden_size,
+            ])
         }
     }
 
@@ -316,45 +575,62 @@ impl Architecture {
         let h = self.hidden_size;
         match &self.moe {
             None => (
-                self.num_layers as u64 * self.dense_mlp_parameters(self.intermediate_size),
+                mul(
+                    self.num_layers as u64,
+                    self.dense_mlp_parameters(self.intermediate_size),
+                ),
                 0,
             ),
             Some(m) => {
-                let dense_layers = (self.num_layers - m.moe_layers) as u64;
-                let per_expert = 3 * h * m.expert_intermediate_size
-                    + if m.expert_bias {
-                        2 * m.expert_intermediate_size + h
+                let dense_layers = self.num_layers.saturating_sub(m.moe_layers) as u64;
+                let per_expert =
+                    mul3(3, h, m.expert_intermediate_size).saturating_add(if m.expert_bias {
+                        mul(2, m.expert_intermediate_size).saturating_add(h)
                     } else {
                         0
-                    };
-                let router = h * m.num_experts + if m.expert_bias { m.num_experts } else { 0 };
+                    });
+                let router = mul(h, m.num_experts).saturating_add(if m.expert_bias {
+                    m.num_experts
+                } else {
+                    0
+                });
                 let shared = if m.shared_intermediate_size > 0 {
-                    3 * h * m.shared_intermediate_size
+                    mul3(3, h, m.shared_intermediate_size)
                 } else {
                     0
                 };
-                let always = dense_layers * self.dense_mlp_parameters(self.intermediate_size)
-                    + m.moe_layers as u64 * (router + shared);
-                (always, m.moe_layers as u64 * m.num_experts * per_expert)
+                let always = mul(
+                    dense_layers,
+                    self.dense_mlp_parameters(self.intermediate_size),
+                )
+                .saturating_add(mul(m.moe_layers as u64, router.saturating_add(shared)));
+                (always, mul3(m.moe_layers as u64, m.num_experts, per_expert))
             }
         }
     }
 
     /// Embedding (and untied LM head) parameters.
     pub fn embedding_parameters(&self) -> u64 {
-        let table = self.vocab_size * self.hidden_size;
+        let table = mul(self.vocab_size, self.hidden_size);
         let positions = if self.model_type == "opt" {
-            (self.max_position_embeddings + 2) * self.hidden_size
+            mul(
+                self.max_position_embeddings.saturating_add(2),
+                self.hidden_size,
+            )
         } else {
             0
         };
-        table + positions + if self.tie_word_embeddings { 0 } else { table }
+        sum(&[
+            table,
+            positions,
+            if self.tie_word_embeddings { 0 } else { table },
+        ])
     }
 
     /// Norm weights: two per layer and a final one.
     fn norm_parameters(&self) -> u64 {
         let per = if self.gated_mlp { 1 } else { 2 }; // LayerNorm has a bias too
-        (2 * self.num_layers as u64 + 1) * self.hidden_size * per
+        mul3(2 * self.num_layers as u64 + 1, self.hidden_size, per)
     }
 
     /// Parameters computed from the architecture: (attention, dense MLP + routers + shared
@@ -362,7 +638,7 @@ impl Architecture {
     pub fn parameter_breakdown(&self) -> ParameterBreakdown {
         let (mlp, experts) = self.mlp_parameters();
         ParameterBreakdown {
-            attention: self.num_layers as u64 * self.attention_parameters(),
+            attention: mul(self.num_layers as u64, self.attention_parameters()),
             mlp,
             experts,
             embeddings: self.embedding_parameters(),
@@ -395,7 +671,37 @@ pub struct ParameterBreakdown {
 
 impl ParameterBreakdown {
     pub fn total(&self) -> u64 {
-        self.attention + self.mlp + self.experts + self.embeddings + self.norms + self.extra
+        sum(&[
+            self.attention,
+            self.mlp,
+            self.experts,
+            self.embeddings,
+            self.norms,
+            self.extra,
+        ])
+    }
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b)
+}
+
+fn mul3(a: u64, b: u64, c: u64) -> u64 {
+    a.saturating_mul(b).saturating_mul(c)
+}
+
+fn sum(parts: &[u64]) -> u64 {
+    parts.iter().fold(0u64, |acc, p| acc.saturating_add(*p))
+}
+
+/// The inline spec's name for a config.json key, for messages.
+fn spec_field_name(key: &'static str) -> &'static str {
+    match key {
+        "num_key_value_heads" => "numKeyValueHeads",
+        "num_attention_heads" => "numAttentionHeads",
+        "head_dim" => "headDim",
+        "config" => "architecture",
+        other => other,
     }
 }
 
@@ -469,11 +775,13 @@ fn parse_moe(c: &Value, num_layers: u32, intermediate: u64, model_type: &str) ->
         get_u64(c, "n_shared_experts"),
         get_u64(c, "shared_expert_intermediate_size"),
     ) {
-        (Some(n), _) => n * expert_intermediate_size,
+        (Some(n), _) => n.saturating_mul(expert_intermediate_size),
         (None, Some(s)) => s,
         _ => 0,
     };
-    let first_dense = get_u64(c, "first_k_dense_replace").unwrap_or(0) as u32;
+    let first_dense = get_u64(c, "first_k_dense_replace")
+        .unwrap_or(0)
+        .min(num_layers as u64) as u32;
     let mlp_only = c
         .get("mlp_only_layers")
         .and_then(Value::as_array)
@@ -482,7 +790,7 @@ fn parse_moe(c: &Value, num_layers: u32, intermediate: u64, model_type: &str) ->
     let step = get_u64(c, "decoder_sparse_step")
         .or_else(|| get_u64(c, "moe_layer_freq"))
         .unwrap_or(1)
-        .max(1) as u32;
+        .clamp(1, num_layers.max(1) as u64) as u32;
     let eligible = num_layers
         .saturating_sub(first_dense)
         .saturating_sub(mlp_only);
@@ -517,7 +825,9 @@ fn parse_sliding(c: &Value, num_layers: u32, model_type: &str) -> Option<(u64, u
         "gemma2" => Some((window, num_layers / 2)),
         // Five local layers for every global one.
         t if t.starts_with("gemma3") => {
-            let pattern = get_u64(c, "sliding_window_pattern").unwrap_or(6).max(1) as u32;
+            let pattern = get_u64(c, "sliding_window_pattern")
+                .unwrap_or(6)
+                .clamp(1, num_layers.max(1) as u64) as u32;
             Some((window, num_layers - num_layers / pattern))
         }
         "mistral" | "mixtral" | "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe" => {
@@ -565,6 +875,6 @@ fn parse_checkpoint(q: Option<&Value>) -> CheckpointFormat {
 fn vision_parameters(v: &Value) -> u64 {
     let h = get_u64(v, "hidden_size").unwrap_or(0);
     let layers = first_u64(v, &["num_hidden_layers", "depth"]).unwrap_or(0);
-    let i = get_u64(v, "intermediate_size").unwrap_or(4 * h);
-    layers * (4 * h * h + 2 * h * i)
+    let i = get_u64(v, "intermediate_size").unwrap_or(h.saturating_mul(4));
+    mul(layers, mul3(4, h, h).saturating_add(mul3(2, h, i)))
 }

@@ -154,7 +154,8 @@ pub struct KvCache {
 impl Estimate {
     /// Bytes per KV block on one GPU (all layers).
     pub fn bytes_per_block(&self) -> u64 {
-        self.kv_cache_bytes_per_token_per_gpu * self.block_size
+        self.kv_cache_bytes_per_token_per_gpu
+            .saturating_mul(self.block_size)
     }
 
     /// Everything vLLM takes from `u * total` before the KV cache.
@@ -170,11 +171,13 @@ impl Estimate {
         } else {
             0
         };
-        self.weights_bytes_per_gpu
-            + self.activation_peak_bytes
-            + self.non_torch_bytes
-            + graphs
-            + own
+        sum(&[
+            self.weights_bytes_per_gpu,
+            self.activation_peak_bytes,
+            self.non_torch_bytes,
+            graphs,
+            own,
+        ])
     }
 
     /// Memory that must be free beyond `u * total`: vLLM's own overhead, and the CUDA graphs
@@ -190,12 +193,14 @@ impl Estimate {
         } else {
             self.startup_overhead_bytes
         };
-        own + graphs
+        own.saturating_add(graphs)
     }
 
     /// KV cache needed for `concurrency` requests of `max_model_len`, plus vLLM's null block.
     pub fn min_kv_bytes(&self, concurrency: u64) -> u64 {
-        self.kv_bytes_per_request * concurrency + self.bytes_per_block()
+        self.kv_bytes_per_request
+            .saturating_mul(concurrency)
+            .saturating_add(self.bytes_per_block())
     }
 
     /// KV cache vLLM allocates when CUDA reports `cuda_total_bytes` and `u` is `utilization`.
@@ -211,7 +216,7 @@ impl Estimate {
         KvCache {
             kv_cache_bytes,
             num_blocks,
-            kv_cache_tokens: num_blocks * self.block_size,
+            kv_cache_tokens: num_blocks.saturating_mul(self.block_size),
             max_concurrency: num_blocks as f64 / blocks_per_request as f64,
         }
     }
@@ -348,6 +353,13 @@ pub fn validate_shape(
     if shape.max_model_len == 0 {
         return Err(InvalidShape("max model len must be at least 1".into()));
     }
+    if shape.max_model_len > crate::validate::limits::MAX_MODEL_LEN {
+        return Err(InvalidShape(format!(
+            "max model len {} is above {}, the longest this operator sizes",
+            shape.max_model_len,
+            crate::validate::limits::MAX_MODEL_LEN
+        )));
+    }
     let rules = shape.family.rules();
     let format = weight_format(arch, shape.quantization, shape.family)?;
     validate_kv_cache(shape, gpu, rules)?;
@@ -468,7 +480,7 @@ fn batch_defaults(gpu: &GpuFacts, rules: &Rules) -> (u64, u64) {
 /// than the batched tokens. Returns how many sizes and the largest.
 fn capture_sizes(family: VllmFamily, max_num_seqs: u64, max_num_batched_tokens: u64) -> (u64, u64) {
     let largest = if family >= VllmFamily::new(10, 0) {
-        (2 * max_num_seqs).min(512)
+        max_num_seqs.saturating_mul(2).min(512)
     } else {
         512
     }
@@ -494,9 +506,15 @@ pub fn estimate(
     // Attention projections: K/V are replicated when tp exceeds the KV heads.
     let attention_per_rank = match &arch.attention {
         Attention::Standard => {
-            let q = arch.num_attention_heads as u64 * arch.head_dim;
-            let kv = arch.kv_heads_per_rank(shape.tensor_parallel_size) * arch.head_dim;
-            arch.num_layers as u64 * (2 * arch.hidden_size * q / tp + 2 * arch.hidden_size * kv)
+            let q = mul(arch.num_attention_heads as u64, arch.head_dim);
+            let kv = mul(
+                arch.kv_heads_per_rank(shape.tensor_parallel_size),
+                arch.head_dim,
+            );
+            mul(
+                arch.num_layers as u64,
+                (mul3(2, arch.hidden_size, q) / tp).saturating_add(mul3(2, arch.hidden_size, kv)),
+            )
         }
         Attention::Mla { .. } => p.attention / tp,
     };
@@ -504,36 +522,44 @@ pub fn estimate(
     let experts = match (&arch.moe, format) {
         (Some(m), WeightFormat::Mxfp4Experts) if m.expert_intermediate_size > 0 => {
             let shard = m.expert_intermediate_size / tp;
-            p.experts / tp * shard.div_ceil(256) * 256 / shard.max(1)
+            mul3(p.experts / tp, shard.div_ceil(256), 256) / shard.max(1)
         }
         _ => p.experts / tp,
     };
-    let mlp = (p.mlp + p.extra) / tp;
+    let mlp = p.mlp.saturating_add(p.extra) / tp;
     // Vocab-parallel embedding and LM head, padded to 64 rows.
-    let padded_vocab = arch.vocab_size.div_ceil(64) * 64;
+    let padded_vocab = arch.vocab_size.div_ceil(64).saturating_mul(64);
     let tables = if arch.tie_word_embeddings { 1 } else { 2 };
-    let embeddings = tables * padded_vocab.div_ceil(tp) * arch.hidden_size
-        + (p.embeddings - tables * arch.vocab_size * arch.hidden_size);
+    let embeddings = mul3(tables, padded_vocab.div_ceil(tp), arch.hidden_size).saturating_add(
+        p.embeddings
+            .saturating_sub(mul3(tables, arch.vocab_size, arch.hidden_size)),
+    );
     let replicated = p.norms;
 
     let bytes = format.part_bytes(dense, arch.num_layers as u64);
-    let weights = (attention_per_rank as f64 * bytes.attention
+    // `as u64` from f64 saturates (and NaN is 0); the sums below saturate too.
+    let weights = ((attention_per_rank as f64 * bytes.attention
         + mlp as f64 * bytes.mlp
-        + experts as f64 * bytes.experts) as u64
-        + (embeddings + replicated) * dense;
-    let dense_weights = (attention_per_rank + mlp + experts + embeddings + replicated) * dense;
+        + experts as f64 * bytes.experts) as u64)
+        .saturating_add(mul(embeddings.saturating_add(replicated), dense));
+    let dense_weights = mul(
+        sum(&[attention_per_rank, mlp, experts, embeddings, replicated]),
+        dense,
+    );
     // Quantizing online: before 0.16 fp8 loads the whole checkpoint in 16 bits first; from
     // 0.16 (and bitsandbytes always, one tensor at a time: 0.27.0
     // `model_loader/bitsandbytes_loader.py:420-437`) each weight is materialized in 16 bits
     // just before it is quantized, so the peak is the quantized size plus about one layer.
-    let one_layer_dense =
-        (attention_per_rank + mlp + experts) / (arch.num_layers as u64).max(1) * dense;
+    let one_layer_dense = mul(
+        sum(&[attention_per_rank, mlp, experts]) / (arch.num_layers as u64).max(1),
+        dense,
+    );
     let weights_load_peak_bytes = match (format, &arch.checkpoint) {
         (WeightFormat::Fp8, CheckpointFormat::Dense) if !rules.online_fp8_just_in_time => {
             dense_weights
         }
         (WeightFormat::Fp8 | WeightFormat::Nf4 { .. }, CheckpointFormat::Dense) => {
-            weights + one_layer_dense
+            weights.saturating_add(one_layer_dense)
         }
         _ => weights,
     };
@@ -545,7 +571,11 @@ pub fn estimate(
     };
     let (per_layer_token, block_size) = match &arch.attention {
         Attention::Standard => (
-            2 * arch.kv_heads_per_rank(shape.tensor_parallel_size) * arch.head_dim * kv_dtype,
+            mul3(
+                2 * arch.kv_heads_per_rank(shape.tensor_parallel_size),
+                arch.head_dim,
+                kv_dtype,
+            ),
             16,
         ),
         // MLA stores one latent (not sharded by tp); FlashMLA uses 64-token blocks.
@@ -553,12 +583,15 @@ pub fn estimate(
             kv_lora_rank,
             qk_rope_head_dim,
             ..
-        } => ((kv_lora_rank + qk_rope_head_dim) * kv_dtype, 64),
+        } => (
+            mul(kv_lora_rank.saturating_add(*qk_rope_head_dim), kv_dtype),
+            64,
+        ),
     };
     // `--block-size` replaces the backend's default (vllm/config/cache.py `block_size`).
     let block_size = shape.block_size.unwrap_or(block_size);
     let layers = arch.num_layers as u64;
-    let kv_per_token = per_layer_token * layers;
+    let kv_per_token = mul(per_layer_token, layers);
 
     let (mut default_tokens, mut default_seqs) = batch_defaults(gpu, rules);
     let v0_engine = rules.v0_engine || shape.v0_engine || falls_back_to_v0(shape, gpu, rules);
@@ -579,16 +612,23 @@ pub fn estimate(
 
     // One request of max_model_len: full layers hold every token, sliding layers a window.
     let l = shape.max_model_len;
-    let page = per_layer_token * block_size;
+    let page = mul(per_layer_token, block_size);
     let (sliding_window, sliding_layers) = arch
         .sliding_window
         .map(|(w, n)| (w, n as u64))
         .unwrap_or((0, 0));
     let full_layers = layers - sliding_layers.min(layers);
-    let mut kv_bytes_per_request = full_layers * l.div_ceil(block_size) * page;
+    let mut kv_bytes_per_request = mul3(full_layers, l.div_ceil(block_size), page);
     if sliding_layers > 0 {
-        let held = (sliding_window.saturating_sub(1) + max_num_batched_tokens).min(l);
-        kv_bytes_per_request += sliding_layers * (held.div_ceil(block_size) + 1) * page;
+        let held = sliding_window
+            .saturating_sub(1)
+            .saturating_add(max_num_batched_tokens)
+            .min(l);
+        kv_bytes_per_request = kv_bytes_per_request.saturating_add(mul3(
+            sliding_layers.min(layers),
+            held.div_ceil(block_size) + 1,
+            page,
+        ));
     }
 
     // Activation peak: the larger of the profiling forward (MLP and attention intermediates
@@ -598,13 +638,21 @@ pub fn estimate(
     // on public logs (tests/fixtures/vllm-logs 03, 19-26) and gathered logits are not sharded.
     let h = arch.hidden_size;
     let mlp_width = match &arch.moe {
-        Some(m) => (m.experts_per_token * m.expert_intermediate_size + m.shared_intermediate_size)
+        Some(m) => mul(m.experts_per_token, m.expert_intermediate_size)
+            .saturating_add(m.shared_intermediate_size)
             .max(arch.intermediate_size * u64::from(m.moe_layers < arch.num_layers)),
         None => arch.intermediate_size,
     };
-    let forward_peak = max_num_batched_tokens * (3 * mlp_width / tp + 4 * h) * 2;
-    let sampler_peak =
-        max_num_seqs.min(max_num_batched_tokens) * arch.vocab_size * 4 * SAMPLER_LOGIT_COPIES;
+    let forward_peak = mul3(
+        max_num_batched_tokens,
+        (mul(3, mlp_width) / tp).saturating_add(mul(4, h)),
+        2,
+    );
+    let sampler_peak = mul3(
+        max_num_seqs.min(max_num_batched_tokens),
+        arch.vocab_size,
+        4 * SAMPLER_LOGIT_COPIES,
+    );
     let activation_peak_bytes = forward_peak.max(sampler_peak);
 
     // Public logs: 0.03-0.35 GiB on one GPU; 0.25-0.55 GiB with tensor parallelism (custom
@@ -614,19 +662,19 @@ pub fn estimate(
     let cuda_graph_bytes = if shape.enforce_eager {
         0
     } else {
-        let mut g = 128 * MIB + 12 * MIB * layers;
+        let mut g = 128 * MIB + mul(12 * MIB, layers);
         if let Some(m) = &arch.moe
             && tp > 1
             && !cuda_graphs_in_budget
         {
-            g += moe_graph_bytes(
+            g = g.saturating_add(moe_graph_bytes(
                 m,
                 arch.hidden_size,
                 tp,
                 shape.family,
                 max_num_seqs,
                 max_num_batched_tokens,
-            );
+            ));
         }
         g
     };
@@ -672,8 +720,24 @@ fn moe_graph_bytes(
 ) -> u64 {
     let (sizes, largest) = capture_sizes(family, max_num_seqs, max_num_batched_tokens);
     let shard = moe.expert_intermediate_size / tp.max(1);
-    let workspace = largest * moe.experts_per_token * ((2 * shard).max(hidden) + shard) * 2;
-    moe.moe_layers as u64 * sizes * 2 * MIB + workspace
+    let workspace = mul3(
+        mul(largest, moe.experts_per_token),
+        mul(2, shard).max(hidden).saturating_add(shard),
+        2,
+    );
+    mul3(moe.moe_layers as u64, sizes, 2 * MIB).saturating_add(workspace)
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b)
+}
+
+fn mul3(a: u64, b: u64, c: u64) -> u64 {
+    a.saturating_mul(b).saturating_mul(c)
+}
+
+fn sum(parts: &[u64]) -> u64 {
+    parts.iter().fold(0u64, |acc, p| acc.saturating_add(*p))
 }
 
 /// Bytes as GiB with two decimals, as vLLM prints them.

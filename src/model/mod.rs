@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod catalog;
+pub mod context;
 pub mod estimate;
 pub mod family;
 pub mod hub;

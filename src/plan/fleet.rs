@@ -211,8 +211,7 @@ impl Fleet {
                                     .processes
                                     .iter()
                                     .filter(|p| p.pod.is_none())
-                                    .map(|p| p.used_bytes)
-                                    .sum();
+                                    .fold(0u64, |sum, p| sum.saturating_add(p.used_bytes));
                                 Gpu {
                                     index: g.index,
                                     uuid: g.uuid.clone(),

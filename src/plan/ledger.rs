@@ -66,8 +66,7 @@ impl Ledger {
         self.reservations
             .values()
             .filter(|r| r.node == node)
-            .map(|r| r.gpus)
-            .sum()
+            .fold(0u32, |sum, r| sum.saturating_add(r.gpus))
     }
 
     /// Bytes reserved on every GPU of `node` (shared sharing).
@@ -75,8 +74,7 @@ impl Ledger {
         self.reservations
             .values()
             .filter(|r| r.node == node)
-            .map(|r| r.shared_bytes)
-            .sum()
+            .fold(0u64, |sum, r| sum.saturating_add(r.shared_bytes))
     }
 
     /// Drop reservations the fleet now accounts for (a GPU allocated to the pod, or a process of

@@ -308,8 +308,8 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
     let mut reserved: HashMap<&str, (u32, u64)> = HashMap::new();
     for r in ledger.iter() {
         let e = reserved.entry(r.node.as_str()).or_default();
-        e.0 += r.gpus;
-        e.1 += r.shared_bytes;
+        e.0 = e.0.saturating_add(r.gpus);
+        e.1 = e.1.saturating_add(r.shared_bytes);
     }
 
     // Node eligibility and usable GPUs do not depend on the shape.
@@ -416,16 +416,17 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                     si,
                     node.name.as_str(),
                     g,
-                    est.weights_load_peak_bytes + est.startup_overhead_bytes,
+                    est.weights_load_peak_bytes
+                        .saturating_add(est.startup_overhead_bytes),
                     views[i].free_bytes,
                 );
                 continue;
             }
             match choose_for_gpus(&views, &plan) {
                 Ok((fit, limiting)) => {
-                    let needed = (views[limiting].total_bytes as f64 * fit.utilization()).ceil()
-                        as u64
-                        + plan.startup_overhead_bytes;
+                    let needed = ((views[limiting].total_bytes as f64 * fit.utilization()).ceil()
+                        as u64)
+                        .saturating_add(plan.startup_overhead_bytes);
                     let nf = NodeFit {
                         fit,
                         leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
@@ -541,8 +542,8 @@ pub fn reservation_for(
             p.shape.tensor_parallel_size
         },
         shared_bytes: if shared_node {
-            (total as f64 * p.fit.utilization()).ceil() as u64
-                + p.launch_plan.startup_overhead_bytes
+            ((total as f64 * p.fit.utilization()).ceil() as u64)
+                .saturating_add(p.launch_plan.startup_overhead_bytes)
         } else {
             0
         },

@@ -92,8 +92,7 @@ impl<'f> Rejections<'f> {
                 .processes
                 .iter()
                 .filter(|(_, _, p)| p.is_some())
-                .map(|(_, b, _)| *b)
-                .sum();
+                .fold(0u64, |sum, (_, b, _)| sum.saturating_add(*b));
             let mut who = Vec::new();
             if m.gpu.foreign_bytes > 0 {
                 who.push(format!(

@@ -51,6 +51,9 @@ pub enum ExternalKind {
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub max_steps: u32,
+    /// Node objects from the fleet file: labels, taints, cordons and allocatable GPUs, as the
+    /// controller sees them.
+    pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
     /// Simulated seconds per step.
     pub step_seconds: i64,
     pub stale_after: Duration,
@@ -61,6 +64,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             max_steps: 60,
+            nodes: Vec::new(),
             step_seconds: 10,
             stale_after: Duration::from_secs(120),
             reservation_timeout: Duration::from_secs(300),
@@ -116,7 +120,11 @@ pub fn run(
     let mut settled = false;
     let mut conflicts_seen = 0;
     while step < cfg.max_steps {
-        let now = start + SignedDuration::from_secs(cfg.step_seconds * step as i64);
+        // A start near the end of the calendar stops the run rather than overflowing it;
+        // `simulate` refuses such a start up front (see `last_step_time`).
+        let Some(now) = step_time(start, cfg.step_seconds, step) else {
+            break;
+        };
         let mut changed = false;
         for e in external.iter().filter(|e| e.step == step) {
             events.push(world.apply_external(e, step));
@@ -141,7 +149,7 @@ pub fn run(
             changed = true;
         }
         let gpunodes = world.reports(now);
-        let fleet = Fleet::from_objects(&gpunodes, &[], now, cfg.stale_after);
+        let fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after);
         ledger.settle(&fleet, now, cfg.reservation_timeout);
         failures.forget_old(now);
 
@@ -237,6 +245,12 @@ pub fn run(
         launcher_refusals,
         events,
     }
+}
+
+/// The simulated time of `step`, or `None` past the end of the calendar.
+pub fn step_time(start: Timestamp, step_seconds: i64, step: u32) -> Option<Timestamp> {
+    let secs = step_seconds.checked_mul(i64::from(step))?;
+    start.checked_add(SignedDuration::from_secs(secs)).ok()
 }
 
 fn waiting_for_memory(s: &VllmDeploymentStatus) -> bool {

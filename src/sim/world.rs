@@ -143,14 +143,14 @@ impl World {
                 let bytes = e.bytes.unwrap_or(0);
                 let gpu = e.gpu.unwrap_or(0);
                 let pid = self.next_pid;
-                self.next_pid += 1;
+                self.next_pid = self.next_pid.saturating_add(1);
                 match self.gpu_mut(&e.node, gpu) {
                     Some(g) => {
                         let m = &mut g.memory;
                         if bytes >= 0 {
-                            let taken = (bytes as u64).min(m.free_bytes);
+                            let taken = bytes.unsigned_abs().min(m.free_bytes);
                             m.free_bytes -= taken;
-                            m.used_bytes += taken;
+                            m.used_bytes = m.used_bytes.saturating_add(taken);
                             g.processes.push(GpuProcess {
                                 pid,
                                 used_bytes: taken,
@@ -166,7 +166,8 @@ impl World {
                             }
                             let freed = bytes.unsigned_abs() - left;
                             g.processes.retain(|p| p.used_bytes > 0);
-                            m.free_bytes += freed;
+                            // Never above the GPU's total, whatever the file claimed was used.
+                            m.free_bytes = m.free_bytes.saturating_add(freed).min(m.total_bytes);
                             m.used_bytes = m.used_bytes.saturating_sub(freed);
                         }
                         let verb = if bytes >= 0 { "takes" } else { "frees" };
@@ -291,7 +292,11 @@ impl World {
         };
         for (index, bytes) in &p.held {
             if let Some(g) = self.gpu_mut(&node, *index) {
-                g.memory.free_bytes += bytes;
+                g.memory.free_bytes = g
+                    .memory
+                    .free_bytes
+                    .saturating_add(*bytes)
+                    .min(g.memory.total_bytes);
                 g.memory.used_bytes = g.memory.used_bytes.saturating_sub(*bytes);
                 g.processes.retain(|pr| pr.pod.as_ref() != Some(&me));
                 if g.allocated_to.as_ref() == Some(&me) {
@@ -404,10 +409,10 @@ impl World {
                     .min(v.free_bytes);
                 held.push((g.index, bytes));
                 let pid = self.next_pid;
-                self.next_pid += 1;
+                self.next_pid = self.next_pid.saturating_add(1);
                 if let Some(gm) = self.gpu_mut(&node_name, g.index) {
-                    gm.memory.free_bytes -= bytes;
-                    gm.memory.used_bytes += bytes;
+                    gm.memory.free_bytes = gm.memory.free_bytes.saturating_sub(bytes);
+                    gm.memory.used_bytes = gm.memory.used_bytes.saturating_add(bytes);
                     gm.allocated_to = Some(me.clone());
                     gm.processes.push(GpuProcess {
                         pid,

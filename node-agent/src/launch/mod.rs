@@ -253,8 +253,13 @@ pub fn refusal_line(index: u32, uuid: &str, shortfall: &Shortfall) -> String {
 pub fn plan_text(plan: Option<&str>, plan_file: Option<&Path>) -> Result<String, String> {
     match (plan_file, plan) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --plan-file {}: {e}", path.display()))?;
+            // Bounded: `--plan-file /dev/zero` (or any runaway file) must not read forever.
+            let text = vllm_operator::validate::read_text(
+                path,
+                vllm_operator::validate::MAX_PLAN_BYTES,
+                "a launch plan",
+            )
+            .map_err(|e| format!("--plan-file {e}"))?;
             if text.trim().is_empty() {
                 return Err(format!(
                     "--plan-file {} is empty: the pod started before the controller released it",
@@ -525,6 +530,12 @@ mod tests {
                 .contains("cannot read")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_plan_file_that_never_ends_is_refused_at_the_limit() {
+        let err = plan_text(None, Some(Path::new("/dev/zero"))).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]

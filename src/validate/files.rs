@@ -1,0 +1,182 @@
+//! The readers `plan`, `simulate` and `render` share: strict typing (unknown fields are
+//! errors), then every rule of this module, with errors naming file, document and field.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::{MAX_MANIFEST_BYTES, Problem, limits, read_text};
+use crate::api::{GpuNode, VllmDeployment};
+use crate::manifest::{Document, Object, read_documents};
+use crate::model::resolve::resolve_local;
+use crate::sim::ExternalEvent;
+
+fn first_problem(doc: &Document, problems: Vec<Problem>) -> Result<(), String> {
+    let mut problems = problems.into_iter();
+    match problems.next() {
+        None => Ok(()),
+        Some(p) => {
+            let rest: Vec<String> = problems.map(|p| p.to_string()).collect();
+            let mut msg = doc.field_error(p.field, p.message).to_string();
+            if !rest.is_empty() {
+                msg.push_str(&format!("; also {}", rest.join("; ")));
+            }
+            Err(msg)
+        }
+    }
+}
+
+/// VllmDeployments from files, every one validated; a file without one is an error (an empty
+/// file is a mistake, not a request for nothing).
+pub fn read_deployments(paths: &[PathBuf]) -> Result<Vec<VllmDeployment>, String> {
+    let mut out = Vec::new();
+    for path in paths {
+        let docs = read_documents(path).map_err(|e| e.to_string())?;
+        out.extend(deployments_in(path, docs)?);
+    }
+    Ok(out)
+}
+
+/// As [`read_deployments`], for one file's text already in memory (`path` names it in
+/// messages).
+pub fn deployments_from_str(path: &Path, text: &str) -> Result<Vec<VllmDeployment>, String> {
+    let docs = crate::manifest::documents_from_str(path, text).map_err(|e| e.to_string())?;
+    deployments_in(path, docs)
+}
+
+fn deployments_in(path: &Path, docs: Vec<Document>) -> Result<Vec<VllmDeployment>, String> {
+    let mut out = Vec::new();
+    {
+        let before = out.len();
+        for doc in docs {
+            match doc.to_object().map_err(|e| e.to_string())? {
+                Object::VllmDeployment(d) => {
+                    first_problem(&doc, super::deployment(&d))?;
+                    // The model's own limits, where the model is known offline.
+                    if let Ok(Some((arch, _))) = resolve_local(&d.spec.model, None) {
+                        let family = crate::cli::plan::family_from_image(&d.spec.image);
+                        first_problem(
+                            &doc,
+                            super::deployment_with_architecture(&d, &arch, family),
+                        )?;
+                    }
+                    out.push(*d);
+                }
+                Object::Other { kind, name } => {
+                    return Err(format!(
+                        "{}: document {} ({kind} {name}): not a VllmDeployment",
+                        path.display(),
+                        doc.document
+                    ));
+                }
+                Object::GpuNode(_) | Object::Node(_) => {
+                    return Err(format!(
+                        "{}: document {}: fleet objects belong in --fleet",
+                        path.display(),
+                        doc.document
+                    ));
+                }
+            }
+        }
+        if out.len() == before {
+            return Err(format!(
+                "{}: no VllmDeployment in this file",
+                path.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// GpuNodes and Nodes from a fleet file, each validated, and the fleet as a whole (no name
+/// twice). A file with no document at all is an error; a `List` with no items is an empty
+/// fleet (`kubectl get gpunodes -o yaml` on a cluster without agents).
+pub fn read_fleet(path: &Path) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
+    let text = read_text(path, MAX_MANIFEST_BYTES, "a fleet file").map_err(|e| e.to_string())?;
+    fleet_from_str(path, &text)
+}
+
+/// As [`read_fleet`], on text already in memory.
+pub fn fleet_from_str(path: &Path, text: &str) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
+    let mut gpunodes = Vec::new();
+    let mut nodes = Vec::new();
+    if text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    }) {
+        return Err(format!(
+            "{}: empty: a fleet file is what `kubectl get gpunodes -o yaml` prints",
+            path.display()
+        ));
+    }
+    let docs = crate::manifest::documents_from_str(path, text).map_err(|e| e.to_string())?;
+    for doc in docs {
+        match doc.to_object().map_err(|e| e.to_string())? {
+            Object::GpuNode(g) => {
+                first_problem(&doc, super::gpunode(&g))?;
+                gpunodes.push(*g);
+            }
+            Object::Node(n) => {
+                first_problem(&doc, super::node(&n))?;
+                nodes.push(*n);
+            }
+            Object::VllmDeployment(d) => {
+                return Err(format!(
+                    "{}: VllmDeployment {} belongs in -f, not in the fleet file",
+                    path.display(),
+                    d.metadata.name.unwrap_or_default()
+                ));
+            }
+            Object::Other { kind, name } => {
+                return Err(format!(
+                    "{}: {kind} {name} is not a GpuNode or Node",
+                    path.display()
+                ));
+            }
+        }
+    }
+    if let Some((kind, name, p)) = super::fleet(&gpunodes, &nodes).into_iter().next() {
+        return Err(format!("{}: {kind} {name}: {p}", path.display()));
+    }
+    Ok((gpunodes, nodes))
+}
+
+/// `simulate --external`: a YAML list of events, strict, bounded in number, each naming a step
+/// below `max_steps` (an event the run never reaches would keep it going to the limit).
+pub fn read_external(path: &Path, max_steps: u32) -> Result<Vec<ExternalEvent>, String> {
+    let text = read_text(path, MAX_MANIFEST_BYTES, "an events file").map_err(|e| e.to_string())?;
+    external_from_str(path, &text, max_steps)
+}
+
+/// As [`read_external`], on text already in memory.
+pub fn external_from_str(
+    path: &Path,
+    text: &str,
+    max_steps: u32,
+) -> Result<Vec<ExternalEvent>, String> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let events = serde_path_to_error::deserialize::<_, Option<Vec<ExternalEvent>>>(de)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
+    if events.len() > limits::MAX_SIM_EVENTS {
+        return Err(format!(
+            "{}: {} events, more than {}",
+            path.display(),
+            events.len(),
+            limits::MAX_SIM_EVENTS
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e.step >= max_steps {
+            return Err(format!(
+                "{}: [{i}].step: {} is not below --max-steps {max_steps}",
+                path.display(),
+                e.step
+            ));
+        }
+        if e.node.is_empty() {
+            return Err(format!("{}: [{i}].node: required", path.display()));
+        }
+    }
+    Ok(events)
+}
