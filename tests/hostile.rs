@@ -170,6 +170,29 @@ fn duplicate_gpu_indices_on_one_node_are_refused() {
 }
 
 #[test]
+fn the_controller_does_not_plan_on_an_impossible_report() {
+    // The controller reads GpuNodes from the API server, not through the file reader: the
+    // fleet it plans on marks such a node ineligible instead.
+    for file in [
+        "free-above-total.yaml",
+        "duplicate-gpu-index.yaml",
+        "process-used-2-pow-64.yaml",
+    ] {
+        let docs = vllm_operator::manifest::read_documents(Path::new(&hostile(file))).unwrap();
+        let g: vllm_operator::api::GpuNode = serde_json::from_value(docs[0].value.clone()).unwrap();
+        let now = "2026-11-26T12:00:30Z".parse().unwrap();
+        let fleet = vllm_operator::plan::Fleet::from_objects(
+            &[g],
+            &[],
+            now,
+            std::time::Duration::from_secs(120),
+        );
+        let why = fleet.nodes[0].ineligible.clone().unwrap_or_default();
+        assert!(why.contains("report is invalid"), "{file}: {why:?}");
+    }
+}
+
+#[test]
 fn duplicate_gpu_uuids_on_one_node_are_refused() {
     expect(
         &plan("deployment-ok.yaml", "duplicate-gpu-uuid.yaml"),

@@ -181,6 +181,12 @@ impl Fleet {
                         format!("NVML is failing on the node: {}", c.message)
                     });
                 }
+                // Reports from the API server were checked by nobody: one no GPU could produce
+                // (free above total, an index twice) makes the node ineligible instead of
+                // planned on, by the rules `plan` and `simulate` apply to fleet files.
+                if let Some(p) = crate::validate::gpunode(g).into_iter().next() {
+                    ineligible.get_or_insert_with(|| format!("its GpuNode report is invalid: {p}"));
+                }
                 let node = by_name.get(name.as_str());
                 let mut labels = BTreeMap::new();
                 let mut taints = Vec::new();
