@@ -118,6 +118,9 @@ fn deployment(i: usize, models: &[&str]) -> VllmDeployment {
         image_pull_secrets: vec![],
         pod_security_context: None,
         security_context: None,
+        model_cache: None,
+        volumes: vec![],
+        volume_mounts: vec![],
         port: 8000,
     };
     let mut d = VllmDeployment::new(&format!("model-{i:04}"), spec);

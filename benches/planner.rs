@@ -75,6 +75,7 @@ fn fleet(nodes: usize) -> Fleet {
                 labels: Default::default(),
                 taints: Vec::new(),
                 allocatable_gpus: Some(8),
+                allocatable_ephemeral_bytes: None,
                 ineligible: None,
                 observed_at: None,
             }

@@ -138,6 +138,7 @@ fn cached_gated_pod(gpus: u32) -> Pod {
         &spec_hash(&deployment().spec),
         gpus,
         LAUNCHER,
+        Some(4 << 30),
     )
     .unwrap();
     pod.metadata.uid = Some("pod-uid".into());
@@ -232,6 +233,23 @@ async fn scenario_new_replica_is_created_gated_by_server_side_apply() {
         );
         assert!(body["spec"].get("nodeName").is_none());
         assert!(body["spec"].get("affinity").is_none());
+        // The default model cache: an emptyDir sized from the 2.47 GB checkpoint (plus 5 % and
+        // 1 GiB, in whole GiB), requested as ephemeral storage, with HF_HOME inside it.
+        let vllm = &body["spec"]["containers"][0];
+        assert_eq!(vllm["resources"]["requests"]["ephemeral-storage"], "4Gi");
+        let volumes = body["spec"]["volumes"].as_array().unwrap();
+        let cache = volumes.iter().find(|v| v["name"] == "model-cache").unwrap();
+        assert_eq!(cache["emptyDir"]["sizeLimit"], "4Gi");
+        assert!(
+            vllm["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "model-cache", "mountPath": "/model-cache"}))
+        );
+        assert_eq!(
+            vllm["env"][0],
+            json!({"name": "HF_HOME", "value": "/model-cache/huggingface"})
+        );
         respond(send, 201, &body);
 
         expect_service_apply(&mut handle).await;

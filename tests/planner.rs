@@ -117,6 +117,7 @@ fn mk_node(name: &str, gpus: Vec<Gpu>) -> FleetNode {
         labels: BTreeMap::new(),
         taints: Vec::new(),
         allocatable_gpus: None,
+        allocatable_ephemeral_bytes: None,
         ineligible: None,
         observed_at: None,
     }
@@ -967,6 +968,64 @@ fn stale_reports_selectors_and_taints_each_get_their_reason() {
         &request("llama-8b-1", &arch, &s, VllmFamily::V0_11),
     ));
     assert_eq!(p.node, "tainted-c");
+}
+
+#[test]
+fn the_only_node_with_free_gpu_memory_lacks_the_disk_for_the_model_cache() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/planner/disk-fleet.yaml");
+    let (mut gpunodes, mut nodes) = (Vec::new(), Vec::new());
+    for obj in read_objects(&path).unwrap() {
+        match obj {
+            Object::GpuNode(g) => gpunodes.push(*g),
+            Object::Node(n) => nodes.push(*n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let fleet = Fleet::from_objects(
+        &gpunodes,
+        &nodes,
+        ts("2026-11-26T12:00:00Z"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        fleet.node("small-disk").unwrap().allocatable_ephemeral_bytes,
+        Some(10 * GIB)
+    );
+    let arch = arch("meta-llama/Llama-3.1-8B-Instruct");
+    let mut s = spec("meta-llama/Llama-3.1-8B-Instruct");
+    s.max_model_len = Some(8192);
+    let lines = refused(plan_replica(
+        &fleet,
+        &Ledger::default(),
+        &request("llama-8b-0", &arch, &s, VllmFamily::V0_11),
+    ));
+    // 8,030,261,248 bf16 parameters = 14.96 GiB; * 1.05 + 1 GiB = 16.7 -> 17 GiB.
+    assert_eq!(
+        lines,
+        vec![
+            "busy: no usable GPU: all allocated, or none matches spec.gpu.products / minComputeCapability".to_string(),
+            "small-disk: allocatable ephemeral-storage 10.0 GiB is less than the 17.0 GiB the model cache needs (checkpoint 15.0 GiB + 5% + 1 GiB)".to_string(),
+            "fits with spec.modelCache.ephemeral or persistentVolumeClaim (the model cache then does not use the node's disk)".to_string(),
+        ]
+    );
+    // The same replica with its cache on a claim fits the idle GPU.
+    s.model_cache = Some(serde_json::from_value(serde_json::json!({"persistentVolumeClaim": {"claimName": "models"}})).unwrap());
+    let p = placed(plan_replica(
+        &fleet,
+        &Ledger::default(),
+        &request("llama-8b-0", &arch, &s, VllmFamily::V0_11),
+    ));
+    assert_eq!(p.node, "small-disk");
+    // A fleet file without Node objects says nothing about disk: the scheduler has the last word.
+    let fleet = Fleet::from_objects(&gpunodes, &[], ts("2026-11-26T12:00:00Z"), Duration::from_secs(120));
+    s.model_cache = None;
+    let p = placed(plan_replica(
+        &fleet,
+        &Ledger::default(),
+        &request("llama-8b-0", &arch, &s, VllmFamily::V0_11),
+    ));
+    assert_eq!(p.node, "small-disk");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext,
-    Toleration,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -144,6 +144,19 @@ pub struct VllmDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
 
+    /// Where the model's weights are cached (`HF_HOME`). Default: an `emptyDir` sized from the
+    /// checkpoint, with a matching `ephemeral-storage` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_cache: Option<ModelCacheSpec>,
+
+    /// Extra pod volumes (chat templates, LoRA adapters...), validated as a PodSpec's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+
+    /// Mounts of `volumes` into the vLLM container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+
     /// Port of vLLM's OpenAI-compatible server and of the Service.
     #[serde(default = "default_port")]
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
@@ -152,6 +165,7 @@ pub struct VllmDeploymentSpec {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.path) || has(self.architecture) || has(self.configMapRef)").message("model.path needs model.architecture or model.configMapRef: the controller cannot read the volume to size the model"))]
 pub struct ModelSpec {
     /// Hugging Face model id, e.g. `meta-llama/Llama-3.1-8B-Instruct`.
     #[x_kube(validation = kube::core::Rule::new("self.size() > 0").message("model.name must not be empty"))]
@@ -171,9 +185,58 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
 
-    /// A Secret key holding a Hugging Face token, for gated or private models.
+    /// A Secret key holding a Hugging Face token, for gated or private models. The controller
+    /// reads it to fetch config.json; the vLLM container gets it as `HF_TOKEN` from the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_token_secret_ref: Option<SecretKeyRef>,
+
+    /// Serve this directory of the model cache volume instead of downloading `name` (air-gapped
+    /// clusters); relative to the volume's root. Needs `modelCache.persistentVolumeClaim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub path: Option<String>,
+
+    /// Never contact the Hugging Face Hub from the pod (`HF_HUB_OFFLINE=1`): the cache must be
+    /// filled already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+}
+
+/// Where `HF_HOME` lives. At most one of the two; neither means an `emptyDir` per pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.persistentVolumeClaim) && has(self.ephemeral))").message("modelCache: set persistentVolumeClaim or ephemeral, not both"))]
+pub struct ModelCacheSpec {
+    /// An existing claim, shared by every replica (ReadWriteMany when replicas land on several
+    /// nodes): the weights are downloaded once and survive restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcCacheSpec>,
+
+    /// A generic ephemeral volume per pod, provisioned from a StorageClass and deleted with the
+    /// pod: node disk is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<EphemeralCacheSpec>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcCacheSpec {
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0").message("modelCache.persistentVolumeClaim.claimName must not be empty"))]
+    #[schemars(length(max = 253))]
+    pub claim_name: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EphemeralCacheSpec {
+    /// Default: the cluster's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+
+    /// Requested capacity; default: the checkpoint's size on disk plus the cache margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

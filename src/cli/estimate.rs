@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
 use crate::api::{KvCacheDtype, Quantization};
 use crate::model::estimate::Gib;
-use crate::model::{Architecture, GpuFacts, Shape, VllmFamily, catalog, estimate};
+use crate::model::{Architecture, GpuFacts, Shape, VllmFamily, catalog, checkpoint, estimate};
 
 #[derive(Args, Debug)]
 pub struct EstimateArgs {
@@ -200,11 +200,14 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
         .gpu_total_bytes
         .map(|total| est.kv_cache(total, utilization));
 
+    let checkpoint_bytes = checkpoint::checkpoint_bytes(&arch);
     match args.output {
         Output::Json => {
             let mut doc = json!({
                 "model": args.model,
                 "parameters": arch.parameters(),
+                "checkpoint_bytes": checkpoint_bytes,
+                "model_cache_bytes": checkpoint::cache_bytes(checkpoint_bytes),
                 "tensor_parallel_size": shape.tensor_parallel_size,
                 "quantization": shape.quantization,
                 "kv_cache_dtype": shape.kv_cache_dtype,
@@ -237,6 +240,12 @@ pub fn run(args: &EstimateArgs) -> ExitCode {
                 out,
                 "parameters                {:.2} B",
                 arch.parameters() as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "checkpoint on disk        {} (model cache {})",
+                Gib(checkpoint_bytes),
+                Gib(checkpoint::cache_bytes(checkpoint_bytes))
             );
             let _ = writeln!(
                 out,

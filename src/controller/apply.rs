@@ -56,13 +56,15 @@ fn build(what: &str, r: Result<Pod, pod::BuildError>) -> Result<Box<Pod>, Error>
 }
 
 /// The pod writes for `actions`, pure. `pods` are the deployment's pods from the cache;
-/// `gpus_for_new` the GPU count of each pod to create.
+/// `gpus_for_new` the GPU count of each pod to create; `cache_bytes` the model cache size when
+/// the architecture is known (`model::checkpoint::cache_bytes`).
 pub fn steps(
     dep: &VllmDeployment,
     actions: &[Action],
     pods: &[Arc<Pod>],
     gpus_for_new: &BTreeMap<String, u32>,
     launcher_image: &str,
+    cache_bytes: Option<u64>,
 ) -> Result<Vec<Step>, Error> {
     let hash = pod::spec_hash(&dep.spec);
     let find = |name: &str| {
@@ -75,7 +77,15 @@ pub fn steps(
             Action::CreateGated { pod, replica } => {
                 let gpus = gpus_for_new.get(pod).copied().unwrap_or(1);
                 out.push(Step::Create {
-                    pod: build(pod, gated_pod(dep, *replica, &hash, gpus, launcher_image))?,
+                    pod: build(pod, gated_pod(
+                        dep,
+                        *replica,
+                        &hash,
+                        gpus,
+                        launcher_image,
+                        cache_bytes,
+                    ),
+                )?,
                 });
             }
             Action::Release {

@@ -12,3 +12,4 @@ pub mod reconcile;
 pub mod runner;
 pub mod service;
 pub mod view;
+pub mod weights;

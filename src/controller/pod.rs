@@ -24,6 +24,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::weights;
 use crate::api::{self, VllmDeployment, VllmDeploymentSpec};
 use crate::plan;
 
@@ -51,7 +52,13 @@ const LAUNCHER_DIR: &str = "/vllm-operator/bin";
 const LAUNCHER_IN_IMAGE: &str = "/usr/local/bin/vllm-node-agent";
 const PLAN_DIR: &str = "/etc/vllm-operator";
 const PLAN_FILE: &str = "launch-plan";
+const SHM_DIR: &str = "/dev/shm";
 const ARGS_FILE: &str = "args";
+
+/// Where the operator mounts its own volumes in the vLLM container; user mounts may not.
+pub fn operator_mount_paths() -> [&'static str; 4] {
+    [LAUNCHER_DIR, PLAN_DIR, SHM_DIR, plan::args::MODEL_CACHE_DIR]
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -218,11 +225,21 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// `spec.resources` with `nvidia.com/gpu` set to `gpus` (limit only: the request follows).
-fn vllm_resources(spec: &VllmDeploymentSpec, gpus: u32) -> ResourceRequirements {
+/// `spec.resources` with `nvidia.com/gpu` set to `gpus` (limit only: the request follows),
+/// and the model cache's `ephemeral-storage` request in the default cache mode.
+fn vllm_resources(
+    spec: &VllmDeploymentSpec,
+    gpus: u32,
+    cache_bytes: Option<u64>,
+) -> ResourceRequirements {
     let mut r = spec.resources.clone().unwrap_or_default();
     if let Some(requests) = r.requests.as_mut() {
         requests.remove(GPU_RESOURCE);
+    }
+    if let Some(disk) = weights::ephemeral_storage_request(spec, cache_bytes) {
+        r.requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert(weights::EPHEMERAL_STORAGE.into(), disk);
     }
     r.limits
         .get_or_insert_with(BTreeMap::new)
@@ -231,13 +248,15 @@ fn vllm_resources(spec: &VllmDeploymentSpec, gpus: u32) -> ResourceRequirements 
 }
 
 /// The pod of `replica`, gated, with `gpus` GPUs. The vLLM arguments and the launch plan
-/// arrive at release time through annotations (see the module comment).
+/// arrive at release time through annotations (see the module comment). `cache_bytes` sizes
+/// the model cache (`model::checkpoint::cache_bytes`), when the architecture is known.
 pub fn gated_pod(
     dep: &VllmDeployment,
     replica: u32,
     spec_hash: &str,
     gpus: u32,
     launcher_image: &str,
+    cache_bytes: Option<u64>,
 ) -> Result<Pod, BuildError> {
     let name = dep
         .metadata
@@ -295,16 +314,16 @@ pub fn gated_pod(
             "--".into(),
             "vllm".into(),
             "serve".into(),
-            spec.model.name.clone(),
+            plan::args::served_model(&spec.model),
         ]),
-        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        env: Some(weights::env(spec)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: spec.port,
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        resources: Some(vllm_resources(spec, gpus)),
+        resources: Some(vllm_resources(spec, gpus, cache_bytes)),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/health".into()),
@@ -321,11 +340,17 @@ pub fn gated_pod(
             default_container_security_context(),
             spec.security_context.as_ref(),
         )?),
-        volume_mounts: Some(vec![
-            mount("launcher", LAUNCHER_DIR, true),
-            mount("plan", PLAN_DIR, true),
-            mount("dshm", "/dev/shm", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("launcher", LAUNCHER_DIR, true),
+                mount("plan", PLAN_DIR, true),
+                mount("dshm", SHM_DIR, false),
+                weights::cache_mount(),
+            ]
+            .into_iter()
+            .chain(spec.volume_mounts.iter().cloned())
+            .collect(),
+        ),
         ..Default::default()
     };
 
@@ -358,21 +383,27 @@ pub fn gated_pod(
                 .then(|| spec.image_pull_secrets.clone()),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-            volumes: Some(vec![
-                empty_dir("launcher", None),
-                empty_dir("dshm", Some("Memory")),
-                Volume {
-                    name: "plan".into(),
-                    downward_api: Some(DownwardAPIVolumeSource {
-                        items: Some(vec![
-                            annotation_file(PLAN_FILE, ANNOTATION_LAUNCH_PLAN),
-                            annotation_file(ARGS_FILE, ANNOTATION_ARGS),
-                        ]),
+            volumes: Some(
+                [
+                    empty_dir("launcher", None),
+                    empty_dir("dshm", Some("Memory")),
+                    Volume {
+                        name: "plan".into(),
+                        downward_api: Some(DownwardAPIVolumeSource {
+                            items: Some(vec![
+                                annotation_file(PLAN_FILE, ANNOTATION_LAUNCH_PLAN),
+                                annotation_file(ARGS_FILE, ANNOTATION_ARGS),
+                            ]),
+                            ..Default::default()
+                        }),
                         ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ]),
+                    },
+                    weights::cache_volume(spec, cache_bytes),
+                ]
+                .into_iter()
+                .chain(spec.volumes.iter().cloned())
+                .collect(),
+            ),
             ..Default::default()
         }),
         status: None,
@@ -486,6 +517,7 @@ mod tests {
             "abcdef0123",
             2,
             "ghcr.io/vllm-operator/vllm-node-agent:0.1.0",
+            Some(4 << 30),
         )
         .unwrap();
         let got = serde_json::to_value(&pod).unwrap();
@@ -513,7 +545,7 @@ mod tests {
             ])),
             ..Default::default()
         });
-        let pod = gated_pod(&d, 1, "h", 4, "img").unwrap();
+        let pod = gated_pod(&d, 1, "h", 4, "img", None).unwrap();
         let r = pod.spec.as_ref().unwrap().containers[0]
             .resources
             .clone()
@@ -530,7 +562,7 @@ mod tests {
         let mut d = deployment();
         d.metadata.uid = None;
         assert_eq!(
-            gated_pod(&d, 0, "h", 1, "img"),
+            gated_pod(&d, 0, "h", 1, "img", None),
             Err(BuildError::MissingMetadata("uid"))
         );
     }
@@ -541,7 +573,7 @@ mod tests {
         let h = spec_hash(&d.spec);
         assert_eq!(h.len(), 10);
         // Pinned: a change here rolls every running replica on upgrade.
-        assert_eq!(h, "1fa9125f19");
+        assert_eq!(h, "994ad85bce");
         let mut scaled = d.spec.clone();
         scaled.replicas = 7;
         assert_eq!(spec_hash(&scaled), h);

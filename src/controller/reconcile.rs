@@ -21,7 +21,7 @@ use super::pod::{self, LABEL_INSTANCE};
 use super::view::pod_view;
 use crate::api::{PodRef, VllmDeployment};
 use crate::cli::plan::family_from_image;
-use crate::model::Architecture;
+use crate::model::{Architecture, checkpoint};
 use crate::plan::{Decision, Fleet, Ledger, Request, plan_replica};
 
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
@@ -109,6 +109,9 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
         &pods,
         &gpus_for_new,
         &ctx.settings.launcher_image,
+        arch.as_ref()
+            .ok()
+            .map(|a| checkpoint::cache_bytes(checkpoint::checkpoint_bytes(a))),
     )?;
     apply::run_steps(ctx, dep, steps).await?;
     // The Service's fate goes into the status, which is written whether or not it applied.

@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod catalog;
+pub mod checkpoint;
 pub mod context;
 pub mod estimate;
 pub mod family;

@@ -8,7 +8,7 @@
 use k8s_openapi::api::core::v1::EnvVar;
 
 pub use super::argparse::{Dest, Release, scan};
-use crate::api::KvCacheDtype;
+use crate::api::{KvCacheDtype, ModelSpec};
 
 /// Options whose value the planner decides; a user value for them is replaced.
 pub const OWNED: [Dest; 5] = [
@@ -273,6 +273,95 @@ fn v1_engine(var: &EnvVar, release: Release) -> Result<bool, String> {
     }
 }
 
+/// Where the model cache volume is mounted in the vLLM container.
+pub const MODEL_CACHE_DIR: &str = "/model-cache";
+
+/// The model argument of `vllm serve`: the Hugging Face id, or for `spec.model.path` the
+/// directory in the cache volume (vLLM loads a directory as a local checkpoint without asking
+/// the Hub: vllm/model_executor/model_loader/default_loader.py `is_local = os.path.isdir(..)`,
+/// 0.11.0 and 0.33.0).
+pub fn served_model(model: &ModelSpec) -> String {
+    match &model.path {
+        Some(p) => {
+            let p = p.trim_start_matches("./").trim_end_matches('/');
+            format!("{MODEL_CACHE_DIR}/{p}")
+        }
+        None => model.name.clone(),
+    }
+}
+
+/// The option name of one user argument (`--flag` of `--flag=v`) with vLLM's `_` -> `-`
+/// (see [`super::argparse`]); None for anything that is not a `--option`.
+fn option_name(arg: &str, release: Release) -> Option<String> {
+    let key = arg.split_once('=').map_or(arg, |(k, _)| k);
+    if !key.starts_with("--") {
+        return None;
+    }
+    Some(if release >= Release::FLEXIBLE_PARSER {
+        key.replace('_', "-")
+    } else {
+        key.to_string()
+    })
+}
+
+/// Remove every `--revision` (`--revision R`, `--revision=R`, `--revision_...` spellings) from
+/// `user`: the revision is `spec.model.revision`, so that the config.json the planner sized and
+/// the weights vLLM loads are the same files. Returns what is left and what was removed, as
+/// written. Exact option names only: prefixes of `--revision` are not in the generated option
+/// table ([`super::vllm_options`]).
+pub fn strip_revision(user: &[String], release: Release) -> (Vec<String>, Vec<String>) {
+    let mut kept = Vec::with_capacity(user.len());
+    let mut removed = Vec::new();
+    let mut i = 0;
+    while i < user.len() {
+        let arg = &user[i];
+        if arg == "--" {
+            kept.extend(user[i..].iter().cloned());
+            break;
+        }
+        if option_name(arg, release).as_deref() == Some("--revision") {
+            let takes_next = !arg.contains('=')
+                && user.get(i + 1).is_some_and(|n| !n.starts_with('-'));
+            if takes_next {
+                removed.push(format!("{arg} {}", user[i + 1]));
+                i += 2;
+            } else {
+                removed.push(arg.clone());
+                i += 1;
+            }
+            continue;
+        }
+        kept.push(arg.clone());
+        i += 1;
+    }
+    (kept, removed)
+}
+
+/// Flags that say which files vLLM loads, emitted after the owned memory flags: `--revision R`
+/// and `--tokenizer-revision R` (unless the user chose the tokenizer's) for
+/// `spec.model.revision`; for a local `spec.model.path`, `--served-model-name NAME` (unless the
+/// user chose one) so that clients keep asking for the model by its name rather than by the
+/// directory. All three exist in every release we plan (vllm/engine/arg_utils.py
+/// `add_cli_args`, 0.5.0.post1, 0.11.0 and 0.33.0).
+pub fn model_flags(model: &ModelSpec, user: &[String], release: Release) -> Vec<String> {
+    let user_sets = |flag: &str| {
+        user.iter()
+            .any(|a| option_name(a, release).as_deref() == Some(flag))
+    };
+    let mut out = Vec::new();
+    if model.path.is_some() {
+        if !user_sets("--served-model-name") {
+            out.extend(["--served-model-name".to_string(), model.name.clone()]);
+        }
+    } else if let Some(r) = &model.revision {
+        out.extend(["--revision".to_string(), r.clone()]);
+        if !user_sets("--tokenizer-revision") {
+            out.extend(["--tokenizer-revision".to_string(), r.clone()]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +604,44 @@ mod tests {
             ..EnvVar::default()
         };
         assert!(user_memory(&[], &[from], V0_33).is_err());
+    }
+
+    #[test]
+    fn the_revision_reaches_vllm_and_a_user_revision_is_replaced() {
+        let model = ModelSpec {
+            name: "org/m".into(),
+            revision: Some("abc123".into()),
+            ..Default::default()
+        };
+        let user = s(&["--revision", "main", "--seed", "1", "--revision=v2"]);
+        let (kept, removed) = strip_revision(&user, V0_33);
+        assert_eq!(kept, s(&["--seed", "1"]));
+        assert_eq!(removed, s(&["--revision main", "--revision=v2"]));
+        assert_eq!(
+            model_flags(&model, &kept, V0_33),
+            s(&["--revision", "abc123", "--tokenizer-revision", "abc123"])
+        );
+        // Their tokenizer revision (any spelling vLLM reads) is theirs.
+        let theirs = s(&["--tokenizer_revision=v2"]);
+        assert_eq!(
+            model_flags(&model, &theirs, V0_33),
+            s(&["--revision", "abc123"])
+        );
+        assert!(model_flags(&ModelSpec::default(), &[], V0_33).is_empty());
+    }
+
+    #[test]
+    fn a_local_model_is_served_from_the_cache_under_its_name() {
+        let model = ModelSpec {
+            name: "org/m".into(),
+            path: Some("./models/m/".into()),
+            ..Default::default()
+        };
+        assert_eq!(served_model(&model), "/model-cache/models/m");
+        assert_eq!(
+            model_flags(&model, &[], V0_33),
+            s(&["--served-model-name", "org/m"])
+        );
+        assert!(model_flags(&model, &s(&["--served-model-name", "x"]), V0_33).is_empty());
     }
 }

@@ -38,6 +38,9 @@ pub struct FleetNode {
     pub taints: Vec<Taint>,
     /// `nvidia.com/gpu` allocatable on the Node object, when known.
     pub allocatable_gpus: Option<u32>,
+    /// `ephemeral-storage` allocatable on the Node object, in bytes, when known: what the
+    /// scheduler admits ephemeral-storage requests against.
+    pub allocatable_ephemeral_bytes: Option<u64>,
     /// Why no new replica may go here (stale report, cordoned, NVML failing), if any.
     pub ineligible: Option<String>,
     /// When the report was taken, on this process's clock where it saw the report change
@@ -191,6 +194,7 @@ impl Fleet {
                 let mut labels = BTreeMap::new();
                 let mut taints = Vec::new();
                 let mut allocatable_gpus = None;
+                let mut allocatable_ephemeral_bytes = None;
                 if let Some(n) = node {
                     labels = n.metadata.labels.clone().unwrap_or_default();
                     if let Some(spec) = &n.spec {
@@ -201,12 +205,13 @@ impl Fleet {
                             });
                         }
                     }
-                    allocatable_gpus = n
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.allocatable.as_ref())
+                    let allocatable = n.status.as_ref().and_then(|s| s.allocatable.as_ref());
+                    allocatable_gpus = allocatable
                         .and_then(|a| a.get("nvidia.com/gpu"))
                         .and_then(|q| q.0.parse().ok());
+                    allocatable_ephemeral_bytes = allocatable
+                        .and_then(|a| a.get("ephemeral-storage"))
+                        .and_then(|q| crate::quantity::parse_bytes(&q.0));
                 }
                 let gpus = status
                     .map(|s| {
@@ -260,6 +265,7 @@ impl Fleet {
                     labels,
                     taints,
                     allocatable_gpus,
+                    allocatable_ephemeral_bytes,
                     ineligible,
                     observed_at,
                 })

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, VllmDeploymentSpec};
 use crate::fit::{Fit, GpuMemoryView, LaunchPlan, choose_for_gpus};
+use crate::model::checkpoint;
 use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
 use args::{Release, ServeFlags, serve_command, user_memory};
 pub use fleet::{Fleet, ReportsSeen};
@@ -312,6 +313,11 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         e.1 = e.1.saturating_add(r.shared_bytes);
     }
 
+    // The default model cache is an emptyDir on the node's disk, requested as ephemeral
+    // storage: a node whose allocatable cannot hold it can never admit the pod (the scheduler
+    // calls that unresolvable: pkg/scheduler/framework/plugins/noderesources/fit.go).
+    let cache_bytes = checkpoint::node_cache_bytes(spec, req.arch);
+
     // Node eligibility and usable GPUs do not depend on the shape.
     let mut eligible: Vec<(&FleetNode, Vec<&Gpu>, u32, u64)> = Vec::new();
     for node in &fleet.nodes {
@@ -321,6 +327,12 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         }
         if let Err(why) = node_selected(node, spec) {
             rejections.node(node.name.as_str(), why);
+            continue;
+        }
+        if let (Some(need), Some(have)) = (cache_bytes, node.allocatable_ephemeral_bytes)
+            && have < need
+        {
+            rejections.disk(node.name.as_str(), need, have, req.arch);
             continue;
         }
         let usable = usable_gpus(node, spec, min_cc, req);
@@ -481,12 +493,16 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
         max_model_len: shape.max_model_len,
         gpu_memory_utilization: nf.fit.utilization(),
     };
-    let (command, replaced_args) = serve_command(
-        &req.spec.model.name,
+    let release = Release::from_image(&req.spec.image);
+    let (user, mut replaced_revision) = args::strip_revision(&req.spec.args, release);
+    let (mut command, mut replaced_args) = serve_command(
+        &args::served_model(&req.spec.model),
         &flags,
-        &req.spec.args,
-        Release::from_image(&req.spec.image),
+        &user,
+        release,
     );
+    replaced_args.append(&mut replaced_revision);
+    command.extend(args::model_flags(&req.spec.model, &user, release));
     let reason = format!(
         "{} on {} (GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         shape_words(&shape),

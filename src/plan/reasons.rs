@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::fleet::{Fleet, Gpu};
 use super::{Decision, Ledger, Request, gib, plan_inner, shape_words};
 use crate::api::{KvCacheDtype, Quantization};
-use crate::model::{InvalidShape, Shape};
+use crate::model::{Architecture, InvalidShape, Shape, checkpoint};
 
 /// How many nodes a refusal names before it summarises the rest.
 const MAX_NODE_LINES: usize = 8;
@@ -35,6 +35,18 @@ pub(super) struct Rejections<'f> {
 impl<'f> Rejections<'f> {
     pub(super) fn node(&mut self, node: &'f str, why: String) {
         self.node.insert(node, why);
+    }
+
+    /// The node's disk cannot hold the default model cache.
+    pub(super) fn disk(&mut self, node: &'f str, need: u64, have: u64, arch: &Architecture) {
+        let why = format!(
+            "allocatable ephemeral-storage {:.1} GiB is less than the {:.1} GiB the model cache needs (checkpoint {:.1} GiB + {}% + 1 GiB)",
+            gib(have),
+            gib(need),
+            gib(checkpoint::checkpoint_bytes(arch)),
+            checkpoint::CACHE_MARGIN_PERCENT,
+        );
+        self.node(node, why);
     }
 
     pub(super) fn no_matching_gpu(&mut self, node: &'f str, gpus: usize) {
@@ -211,6 +223,19 @@ pub(super) fn hints(fleet: &Fleet, ledger: &Ledger, req: &Request) -> Vec<String
         if try_spec(s) {
             out.push(
                 "fits with kv cache dtype fp8 (not allowed by spec.kvCacheDtype.allowed)"
+                    .to_string(),
+            );
+        }
+    }
+    if checkpoint::node_cache_bytes(spec, req.arch).is_some() {
+        let mut s = spec.clone();
+        s.model_cache = Some(crate::api::ModelCacheSpec {
+            ephemeral: Some(Default::default()),
+            ..Default::default()
+        });
+        if try_spec(s) {
+            out.push(
+                "fits with spec.modelCache.ephemeral or persistentVolumeClaim (the model cache then does not use the node's disk)"
                     .to_string(),
             );
         }

@@ -27,6 +27,11 @@ pub fn long_max_model_len_allowed(dep: &VllmDeployment) -> bool {
 pub fn deployment(dep: &VllmDeployment) -> Vec<Problem> {
     let mut out = Vec::new();
     let spec = &dep.spec;
+    // Model cache, token, local path and passthrough volumes (controller::weights).
+    if let Err(e) = crate::controller::weights::validate(spec) {
+        let e = e.trim_start_matches("invalid spec: ");
+        out.extend(e.split("; ").map(|m| Problem::new("spec", m)));
+    }
     match dep.metadata.name.as_deref() {
         None | Some("") => out.push(Problem::new("metadata.name", "required")),
         // The controller names the Service after the deployment, and uses the name as the
