@@ -972,8 +972,7 @@ fn stale_reports_selectors_and_taints_each_get_their_reason() {
 
 #[test]
 fn the_only_node_with_free_gpu_memory_lacks_the_disk_for_the_model_cache() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/planner/disk-fleet.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/planner/disk-fleet.yaml");
     let (mut gpunodes, mut nodes) = (Vec::new(), Vec::new());
     for obj in read_objects(&path).unwrap() {
         match obj {
@@ -989,7 +988,10 @@ fn the_only_node_with_free_gpu_memory_lacks_the_disk_for_the_model_cache() {
         Duration::from_secs(120),
     );
     assert_eq!(
-        fleet.node("small-disk").unwrap().allocatable_ephemeral_bytes,
+        fleet
+            .node("small-disk")
+            .unwrap()
+            .allocatable_ephemeral_bytes,
         Some(10 * GIB)
     );
     let arch = arch("meta-llama/Llama-3.1-8B-Instruct");
@@ -1004,13 +1006,18 @@ fn the_only_node_with_free_gpu_memory_lacks_the_disk_for_the_model_cache() {
     assert_eq!(
         lines,
         vec![
-            "busy: no usable GPU: all allocated, or none matches spec.gpu.products / minComputeCapability".to_string(),
             "small-disk: allocatable ephemeral-storage 10.0 GiB is less than the 17.0 GiB the model cache needs (checkpoint 15.0 GiB + 5% + 1 GiB)".to_string(),
+            "busy: no usable GPU: all allocated, or none matches spec.gpu.products / minComputeCapability".to_string(),
             "fits with spec.modelCache.ephemeral or persistentVolumeClaim (the model cache then does not use the node's disk)".to_string(),
         ]
     );
     // The same replica with its cache on a claim fits the idle GPU.
-    s.model_cache = Some(serde_json::from_value(serde_json::json!({"persistentVolumeClaim": {"claimName": "models"}})).unwrap());
+    s.model_cache = Some(
+        serde_json::from_value(
+            serde_json::json!({"persistentVolumeClaim": {"claimName": "models"}}),
+        )
+        .unwrap(),
+    );
     let p = placed(plan_replica(
         &fleet,
         &Ledger::default(),
@@ -1018,7 +1025,12 @@ fn the_only_node_with_free_gpu_memory_lacks_the_disk_for_the_model_cache() {
     ));
     assert_eq!(p.node, "small-disk");
     // A fleet file without Node objects says nothing about disk: the scheduler has the last word.
-    let fleet = Fleet::from_objects(&gpunodes, &[], ts("2026-11-26T12:00:00Z"), Duration::from_secs(120));
+    let fleet = Fleet::from_objects(
+        &gpunodes,
+        &[],
+        ts("2026-11-26T12:00:00Z"),
+        Duration::from_secs(120),
+    );
     s.model_cache = None;
     let p = placed(plan_replica(
         &fleet,

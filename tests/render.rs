@@ -145,7 +145,7 @@ fn kinds(list: &Value) -> Vec<&str> {
 fn examples_render_released_pods_that_pass_kubernetes_validate_strict() {
     let fleet = root().join("examples/fleet.yaml");
     let files = deployment_files(&root().join("examples"));
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     for file in files {
         let (code, list, stderr) = render(&file, &fleet);
         assert_eq!(code, 0, "{}: {stderr}", file.display());
@@ -245,4 +245,161 @@ fn yaml_output_is_the_same_list() {
     assert_eq!(out.status.code(), Some(0));
     let yaml: Value = serde_norway::from_slice(&out.stdout).unwrap();
     assert_eq!(yaml, json_list);
+}
+
+/// The vLLM container of a rendered pod.
+fn vllm(pod: &Value) -> &Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vllm")
+        .unwrap()
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn cache_volume(pod: &Value) -> &Value {
+    pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "model-cache")
+        .unwrap()
+}
+
+/// Bytes of a quantity as render prints them (`17Gi` or plain bytes).
+fn bytes(q: &Value) -> u64 {
+    let s = q.as_str().unwrap();
+    match s.strip_suffix("Gi") {
+        Some(n) => n.parse::<u64>().unwrap() << 30,
+        None => s.parse().unwrap(),
+    }
+}
+
+/// The rendered pods of `file` on the example fleet, checked by kubernetes-validate --strict.
+fn rendered_pods(file: &str) -> Vec<Value> {
+    let (code, list, stderr) = render(&root().join(file), &root().join("examples/fleet.yaml"));
+    assert_eq!(code, 0, "{file}: {stderr}");
+    let items = list["items"].as_array().unwrap();
+    validate(file, items);
+    let pods: Vec<Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "Pod")
+        .cloned()
+        .collect();
+    assert!(!pods.is_empty(), "{file}");
+    pods
+}
+
+#[test]
+fn weights_reach_the_pod_in_every_cache_mode() {
+    // Llama-3.1-8B-Instruct: 8,030,261,248 bf16 parameters = 16,060,522,496 bytes of
+    // safetensors (its index.json total_size).
+    const CHECKPOINT: u64 = 16_060_522_496;
+
+    // Default: an emptyDir sized from the checkpoint and requested as ephemeral storage.
+    for pod in rendered_pods("examples/llama-3.1-8b.yaml") {
+        let c = vllm(&pod);
+        let token = env(c, "HF_TOKEN").unwrap();
+        assert!(token.get("value").is_none(), "{token}");
+        assert_eq!(
+            token["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "hf-token", "key": "token", "optional": false})
+        );
+        let home = env(c, "HF_HOME").unwrap()["value"].as_str().unwrap();
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "model-cache")
+            .unwrap();
+        let dir = mount["mountPath"].as_str().unwrap();
+        assert!(
+            home.starts_with(&format!("{dir}/")),
+            "HF_HOME {home} outside {dir}"
+        );
+        let request = bytes(&c["resources"]["requests"]["ephemeral-storage"]);
+        let limit = bytes(&cache_volume(&pod)["emptyDir"]["sizeLimit"]);
+        assert!(request >= CHECKPOINT + (1 << 30), "{request}");
+        assert_eq!(request, limit);
+        assert_eq!(request, 17 << 30);
+    }
+
+    // Ephemeral: one claim per pod from the StorageClass, sized the same; no node disk asked;
+    // the revision pinned for model and tokenizer; the user's chat template mounted.
+    for pod in rendered_pods("tests/fixtures/weights/ephemeral-cache.yaml") {
+        let c = vllm(&pod);
+        let template = &cache_volume(&pod)["ephemeral"]["volumeClaimTemplate"]["spec"];
+        assert_eq!(template["storageClassName"], "fast-ssd");
+        assert_eq!(
+            bytes(&template["resources"]["requests"]["storage"]),
+            17 << 30
+        );
+        assert!(
+            c["resources"]["requests"]
+                .get("ephemeral-storage")
+                .is_none()
+        );
+        let args: Vec<String> = serde_json::from_str(
+            pod["metadata"]["annotations"]["vllm-operator.io/args"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let rev = "0e9e39f249a16976918f6564b8830bc894c89659";
+        assert!(
+            args.windows(2).any(|w| w == ["--revision", rev]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--tokenizer-revision", rev]),
+            "{args:?}"
+        );
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "templates" && m["mountPath"] == "/templates")
+        );
+    }
+
+    // A shared claim holding a local copy: served from the directory, offline, under its name.
+    for pod in rendered_pods("examples/llama-3.1-8b-local.yaml") {
+        let c = vllm(&pod);
+        assert_eq!(
+            cache_volume(&pod)["persistentVolumeClaim"]["claimName"],
+            "models"
+        );
+        let command: Vec<&str> = c["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            command[command.len() - 3..],
+            ["vllm", "serve", "/model-cache/llama-3.1-8b-instruct"]
+        );
+        assert_eq!(env(c, "HF_HUB_OFFLINE").unwrap()["value"], "1");
+        assert!(env(c, "HF_TOKEN").is_none());
+        assert!(
+            c["resources"]["requests"]
+                .get("ephemeral-storage")
+                .is_none()
+        );
+        let args = pod["metadata"]["annotations"]["vllm-operator.io/args"]
+            .as_str()
+            .unwrap();
+        assert!(
+            args.contains(r#""--served-model-name","meta-llama/Llama-3.1-8B-Instruct""#),
+            "{args}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::api::{GpuNode, PodRef, VllmDeployment};
 use crate::controller::decide::pod_name;
 use crate::controller::pod::spec_hash;
 use crate::model::resolve::resolve_local;
-use crate::model::{Architecture, VllmFamily};
+use crate::model::{Architecture, VllmFamily, checkpoint};
 use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
 
 #[derive(Args, Debug)]
@@ -116,6 +116,8 @@ pub struct DeploymentPlan {
     pub replicas: Vec<Placement>,
     /// Why the next replica (or the model) was refused; empty when all are placed.
     pub reasons: Vec<String>,
+    /// The model cache size (`model::checkpoint::cache_bytes`), when the model was resolved.
+    pub cache_bytes: Option<u64>,
 }
 
 impl DeploymentPlan {
@@ -147,9 +149,11 @@ pub fn plan_deployments(
         let hash = spec_hash(&d.spec);
         let mut replicas = Vec::new();
         let mut reasons = Vec::new();
+        let mut cache_bytes = None;
         match offline_architecture(d) {
             Err(e) => reasons.push(e),
             Ok(arch) => {
+                cache_bytes = Some(checkpoint::cache_bytes(checkpoint::checkpoint_bytes(&arch)));
                 let family = family_from_image(&d.spec.image);
                 for i in 0..d.spec.replicas.max(0) {
                     let pod = PodRef {
@@ -185,6 +189,7 @@ pub fn plan_deployments(
             want: d.spec.replicas,
             replicas,
             reasons,
+            cache_bytes,
         });
     }
     results

@@ -99,6 +99,7 @@ pub fn deployment_objects(
                     &hash,
                     p.shape.tensor_parallel_size,
                     launcher_image,
+                    plan.cache_bytes,
                 )?;
                 let status =
                     placement_status(&pod_name(&name, replica, &hash), p, p.reason.clone());
@@ -110,6 +111,7 @@ pub fn deployment_objects(
                 &hash,
                 smallest_tensor_parallel(&dep.spec),
                 launcher_image,
+                plan.cache_bytes,
             )?,
         };
         out.push(json_of("pod", &pod)?);

@@ -77,15 +77,10 @@ pub fn steps(
             Action::CreateGated { pod, replica } => {
                 let gpus = gpus_for_new.get(pod).copied().unwrap_or(1);
                 out.push(Step::Create {
-                    pod: build(pod, gated_pod(
-                        dep,
-                        *replica,
-                        &hash,
-                        gpus,
-                        launcher_image,
-                        cache_bytes,
-                    ),
-                )?,
+                    pod: build(
+                        pod,
+                        gated_pod(dep, *replica, &hash, gpus, launcher_image, cache_bytes),
+                    )?,
                 });
             }
             Action::Release {

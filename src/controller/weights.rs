@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, EphemeralVolumeSource,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, PersistentVolumeClaimVolumeSource,
-    SecretKeySelector, Volume, VolumeMount, VolumeResourceRequirements,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, EphemeralVolumeSource, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimTemplate, PersistentVolumeClaimVolumeSource, SecretKeySelector, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -172,7 +172,7 @@ pub fn validate(spec: &VllmDeploymentSpec) -> Result<(), String> {
         errors.push("modelCache.persistentVolumeClaim.claimName must not be empty".into());
     }
     if let Some(size) = cache.ephemeral.as_ref().and_then(|e| e.size.as_ref())
-        && !crate::quantity::parse_bytes(&size.0).is_some_and(|b| b > 0)
+        && crate::quantity::parse_bytes(&size.0).is_none_or(|b| b == 0)
     {
         errors.push(format!(
             "modelCache.ephemeral.size {:?} is not a positive byte quantity",
@@ -267,7 +267,10 @@ fn validate_volumes(spec: &VllmDeploymentSpec) -> Vec<String> {
         // Exactly one volume source besides the name.
         let sources = serde_json::to_value(v)
             .ok()
-            .and_then(|j| j.as_object().map(|o| o.keys().filter(|k| *k != "name").count()))
+            .and_then(|j| {
+                j.as_object()
+                    .map(|o| o.keys().filter(|k| *k != "name").count())
+            })
             .unwrap_or(0);
         if sources != 1 {
             errors.push(format!(
@@ -379,7 +382,8 @@ mod tests {
     fn a_user_xet_cache_size_wins_over_ours() {
         let mut s = spec();
         assert!(env_has(&s, "HF_XET_CHUNK_CACHE_SIZE_BYTES", "0"));
-        s.env.push(value("HF_XET_CHUNK_CACHE_SIZE_BYTES", "1000000"));
+        s.env
+            .push(value("HF_XET_CHUNK_CACHE_SIZE_BYTES", "1000000"));
         let env = env(&s);
         let xet: Vec<_> = env
             .iter()
@@ -454,8 +458,14 @@ mod tests {
         let mut s = spec();
         s.model.path = Some("llama-1b".into());
         let err = validate(&s).unwrap_err();
-        assert!(err.contains("needs modelCache.persistentVolumeClaim"), "{err}");
-        assert!(err.contains("needs model.architecture or model.configMapRef"), "{err}");
+        assert!(
+            err.contains("needs modelCache.persistentVolumeClaim"),
+            "{err}"
+        );
+        assert!(
+            err.contains("needs model.architecture or model.configMapRef"),
+            "{err}"
+        );
         s.model_cache = pvc();
         s.model.config_map_ref = Some(crate::api::ConfigMapKeyRef {
             name: "cfg".into(),
@@ -481,7 +491,11 @@ mod tests {
     fn the_operator_owns_hf_home_and_the_token_variable() {
         let mut s = spec();
         s.env.push(value("HF_HOME", "/cache"));
-        assert!(validate(&s).unwrap_err().contains("env HF_HOME is set by the operator"));
+        assert!(
+            validate(&s)
+                .unwrap_err()
+                .contains("env HF_HOME is set by the operator")
+        );
         s.env.pop();
         s.env.push(value("HF_TOKEN", "x"));
         // Their own token variable is fine while the operator does not set one.
@@ -520,7 +534,10 @@ mod tests {
         assert_eq!(validate(&s), Ok(()));
         let cases: Vec<(Vec<Volume>, Vec<VolumeMount>, &str)> = vec![
             (
-                vec![config_map_volume("templates"), config_map_volume("templates")],
+                vec![
+                    config_map_volume("templates"),
+                    config_map_volume("templates"),
+                ],
                 vec![],
                 "is used twice",
             ),

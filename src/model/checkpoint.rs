@@ -129,7 +129,11 @@ mod tests {
             let ours = checkpoint_bytes(&a);
             let err = (ours as f64 - on_disk as f64).abs() / on_disk as f64;
             assert!(err < 0.005, "{}: {ours} vs {on_disk}", e.id);
-            assert!(cache_bytes(ours) >= on_disk + CACHE_MARGIN_FIXED_BYTES, "{}", e.id);
+            assert!(
+                cache_bytes(ours) >= on_disk + CACHE_MARGIN_FIXED_BYTES,
+                "{}",
+                e.id
+            );
             checked += 1;
         }
         assert!(checked >= 5, "only {checked} catalog models checked");
@@ -140,7 +144,10 @@ mod tests {
         // meta-llama/Llama-3.1-70B-Instruct: 70,553,706,496 parameters in bf16 = 141.1 GB.
         let a = arch("meta-llama/Llama-3.1-70B-Instruct");
         let bytes = checkpoint_bytes(&a);
-        assert!((141_000_000_000..141_250_000_000).contains(&bytes), "{bytes}");
+        assert!(
+            (141_000_000_000..141_250_000_000).contains(&bytes),
+            "{bytes}"
+        );
         // 131.4 GiB * 1.05 + 1 GiB = 139.0 GiB, rounded up to whole GiB.
         assert_eq!(cache_bytes(bytes), 139 * GIB);
     }
