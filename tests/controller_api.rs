@@ -1045,7 +1045,7 @@ async fn scenario_placed_events_of_two_pods_are_two_series_on_their_pods() {
     let hash = spec_hash(&dep.spec);
     let pods: Vec<Pod> = (0..2)
         .map(|i| {
-            let mut pod = gated_pod(&dep, i, &hash, 1, LAUNCHER).unwrap();
+            let mut pod = gated_pod(&dep, i, &hash, 1, LAUNCHER, Some(4 << 30)).unwrap();
             pod.metadata.uid = Some(format!("pod-uid-{i}"));
             pod.metadata.resource_version = Some("7".into());
             pod

@@ -36,6 +36,7 @@ fn h100_node() -> Fleet {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             allocatable_gpus: None,
+            allocatable_ephemeral_bytes: None,
             ineligible: None,
             observed_at: None,
         }],

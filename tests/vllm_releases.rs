@@ -566,6 +566,7 @@ fn node(name: &str, gpus: Vec<Gpu>) -> FleetNode {
         labels: BTreeMap::new(),
         taints: Vec::new(),
         allocatable_gpus: None,
+        allocatable_ephemeral_bytes: None,
         ineligible: None,
         observed_at: None,
     }

@@ -606,7 +606,7 @@ mod tests {
         let d = deployment();
         let p = placement_on("gpu-node-7.example.com");
         let status = api::Placement::default();
-        let gated = gated_pod(&d, 0, "h", 1, "img").unwrap();
+        let gated = gated_pod(&d, 0, "h", 1, "img", Some(4 << 30)).unwrap();
         let released = released_pod(&gated, &p, &status).unwrap();
         let required = released
             .spec
@@ -675,7 +675,7 @@ mod tests {
     fn image_pull_secrets_reach_the_pod() {
         let mut d = deployment();
         assert_eq!(
-            gated_pod(&d, 0, "h", 1, "img")
+            gated_pod(&d, 0, "h", 1, "img", Some(4 << 30))
                 .unwrap()
                 .spec
                 .unwrap()
@@ -690,7 +690,10 @@ mod tests {
                 name: "mirror".into(),
             },
         ];
-        let spec = gated_pod(&d, 0, "h", 1, "img").unwrap().spec.unwrap();
+        let spec = gated_pod(&d, 0, "h", 1, "img", Some(4 << 30))
+            .unwrap()
+            .spec
+            .unwrap();
         let names: Vec<String> = spec
             .image_pull_secrets
             .unwrap()

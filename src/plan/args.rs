@@ -320,8 +320,8 @@ pub fn strip_revision(user: &[String], release: Release) -> (Vec<String>, Vec<St
             break;
         }
         if option_name(arg, release).as_deref() == Some("--revision") {
-            let takes_next = !arg.contains('=')
-                && user.get(i + 1).is_some_and(|n| !n.starts_with('-'));
+            let takes_next =
+                !arg.contains('=') && user.get(i + 1).is_some_and(|n| !n.starts_with('-'));
             if takes_next {
                 removed.push(format!("{arg} {}", user[i + 1]));
                 i += 2;

@@ -495,12 +495,8 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     };
     let release = Release::from_image(&req.spec.image);
     let (user, mut replaced_revision) = args::strip_revision(&req.spec.args, release);
-    let (mut command, mut replaced_args) = serve_command(
-        &args::served_model(&req.spec.model),
-        &flags,
-        &user,
-        release,
-    );
+    let (mut command, mut replaced_args) =
+        serve_command(&args::served_model(&req.spec.model), &flags, &user, release);
     replaced_args.append(&mut replaced_revision);
     command.extend(args::model_flags(&req.spec.model, &user, release));
     let reason = format!(
