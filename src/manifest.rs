@@ -272,9 +272,15 @@ impl Document {
                 1 => String::new(),
                 n => format!(" (and {} more: {})", n - 1, unknown[1..].join(", ")),
             };
+            let hint = suggestion(self.kind(), field)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             return Err(self.field_error(
                 field.clone(),
-                format!("unknown field, not in the {} schema{more}", self.kind()),
+                format!(
+                    "unknown field, not in the {} schema{hint}{more}",
+                    self.kind()
+                ),
             ));
         }
         Ok(value)
@@ -365,6 +371,55 @@ fn dotted(path: &serde_ignored::Path) -> String {
             dotted(parent)
         }
     }
+}
+
+/// The known field closest to a misspelt one, from the CRD's structural schema (the schema the
+/// API server checks): `spec.maxModelLength` -> `maxModelLen`.
+fn suggestion(kind: &str, field: &str) -> Option<String> {
+    use kube::CustomResourceExt;
+    let crd = match kind {
+        "VllmDeployment" => VllmDeployment::crd(),
+        "GpuNode" => GpuNode::crd(),
+        _ => return None,
+    };
+    let schema = serde_json::to_value(crd.spec.versions.first()?.schema.as_ref()?).ok()?;
+    let mut node = schema.get("openAPIV3Schema")?;
+    let mut steps: Vec<&str> = field.split('.').collect();
+    let last = steps.pop()?;
+    for step in steps {
+        let name = step.split('[').next().unwrap_or(step);
+        node = node.get("properties")?.get(name)?;
+        if step.contains('[') {
+            node = node.get("items")?;
+        }
+    }
+    let last = last.split('[').next().unwrap_or(last);
+    node.get("properties")?
+        .as_object()?
+        .keys()
+        .map(|k| (edit_distance(&k.to_lowercase(), &last.to_lowercase()), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Read a file and type every object in it.

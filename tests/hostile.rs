@@ -300,7 +300,15 @@ fn a_misspelt_field_is_named() {
             "--fleet",
             &hostile("fleet-ok.yaml"),
         ]);
-        expect(&out, 1, &["field `spec.maxModelLength`", "unknown field"]);
+        expect(
+            &out,
+            1,
+            &[
+                "field `spec.maxModelLength`",
+                "unknown field",
+                "did you mean `maxModelLen`?",
+            ],
+        );
     }
 }
 
