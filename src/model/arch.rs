@@ -714,19 +714,11 @@ fn spec_field_name(key: &'static str) -> &'static str {
 /// Gemma 3's text config has 131072 (transformers 4.50.0
 /// `models/gemma3/configuration_gemma3.py:182`); otherwise 4096.
 fn derived_max_model_len(c: &Value, model_type: &str) -> u64 {
-    const KEYS: [&str; 9] = [
-        "max_position_embeddings",
-        "n_positions",
-        "max_seq_len",
-        "seq_length",
-        "model_max_length",
-        "max_target_positions",
-        "max_sequence_length",
-        "max_seq_length",
-        "seq_len",
-    ];
     let gemma3 = model_type.contains("gemma3");
-    let stated = KEYS.iter().filter_map(|k| get_u64(c, k)).min();
+    let stated = super::context::LENGTH_KEYS
+        .iter()
+        .filter_map(|k| get_u64(c, k))
+        .min();
     let mut len = match stated {
         Some(l) => l as f64,
         None if gemma3 => 131_072.0,

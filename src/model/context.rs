@@ -31,7 +31,7 @@ pub struct RopeScaling {
 /// vLLM's length keys, in its order (`possible_keys` in `_get_and_verify_max_len`, 0.11.0;
 /// `derive_max_model_len_and_key` in vllm/transformers_utils/model_arch_config_convertor.py,
 /// 0.33.0).
-const LENGTH_KEYS: [&str; 9] = [
+pub(super) const LENGTH_KEYS: [&str; 9] = [
     "max_position_embeddings",
     "n_positions",
     "max_seq_len",
