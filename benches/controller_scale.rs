@@ -250,6 +250,7 @@ fn main() {
                     spec_hash: "a1b2c3d4".into(),
                     phase: phase.clone(),
                     placement: None,
+                    observed: Default::default(),
                 })
                 .collect();
             let view = DeploymentView {

@@ -81,7 +81,10 @@ fn fleet(nodes: usize) -> Fleet {
             }
         })
         .collect();
-    Fleet { nodes }
+    Fleet {
+        nodes,
+        ..Default::default()
+    }
 }
 
 fn spec() -> VllmDeploymentSpec {

@@ -2,13 +2,14 @@
 
 use kube::CustomResourceExt;
 
-use crate::api::{GpuNode, VllmDeployment};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 
 /// File name under `crds/` and the YAML text, for every CRD, in a fixed order.
 pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
     Ok(vec![
         ("vllmdeployments.yaml", to_yaml(&VllmDeployment::crd())?),
         ("gpunodes.yaml", to_yaml(&GpuNode::crd())?),
+        ("memoryprofiles.yaml", to_yaml(&MemoryProfile::crd())?),
     ])
 }
 

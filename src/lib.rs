@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod profile;
 pub mod quantity;
 pub mod sim;
 pub mod validate;

@@ -82,6 +82,7 @@ fn pod(replica: u32, hash: &str, phase: PodPhase) -> PodView {
         spec_hash: hash.into(),
         phase,
         placement: None,
+        observed: Default::default(),
     }
 }
 
@@ -401,6 +402,7 @@ fn a_deployment_queued_behind_an_older_one_does_not_plan() {
         spec_hash: "h".into(),
         phase: PodPhase::Gated,
         placement: None,
+        observed: Default::default(),
     }];
     let o = reconcile(&view, &pods, &f, &mut ledger, &mut failures, now());
     assert!(o.actions.is_empty());

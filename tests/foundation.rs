@@ -102,6 +102,59 @@ fn crds_declare_what_other_tools_read() {
         assert!(gpu.get(field).is_some(), "GpuNode gpus[] lacks {field}");
     }
     assert_eq!(gpu["memory"]["properties"]["totalBytes"]["type"], "integer");
+
+    let (name, text) = files
+        .iter()
+        .find(|(n, _)| *n == "memoryprofiles.yaml")
+        .expect("the MemoryProfile CRD is generated");
+    let mp: Value = serde_norway::from_str(text).unwrap();
+    assert_eq!(mp["spec"]["scope"], "Cluster", "{name}");
+    assert_eq!(mp["spec"]["names"]["shortNames"], json!(["vmp"]));
+    assert_eq!(mp["spec"]["names"]["categories"], json!(["vllm"]));
+    let version = &mp["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Model",
+            "Image",
+            "GPU",
+            "TP",
+            "Quant",
+            "KV dtype",
+            "Non-KV per GPU",
+            "Observations",
+            "Source",
+            "Age"
+        ]
+    );
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        spec["properties"]["source"]["enum"],
+        json!(["Measured", "Manual"])
+    );
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for field in [
+        "model",
+        "image",
+        "gpuProduct",
+        "tensorParallelSize",
+        "nonKvBytesPerGpu",
+    ] {
+        assert!(required.contains(&field), "{field} is not required");
+    }
 }
 
 fn example_deployment() -> VllmDeployment {

@@ -130,7 +130,10 @@ fn idle_node(name: &str, t: GpuType, n: u32) -> FleetNode {
 
 fn mk_fleet(mut nodes: Vec<FleetNode>) -> Fleet {
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Fleet { nodes }
+    Fleet {
+        nodes,
+        ..Default::default()
+    }
 }
 
 fn spec(model: &str) -> VllmDeploymentSpec {

@@ -40,6 +40,7 @@ fn h100_node() -> Fleet {
             ineligible: None,
             observed_at: None,
         }],
+        ..Default::default()
     }
 }
 

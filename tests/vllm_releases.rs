@@ -165,7 +165,10 @@ fn releases_that_charge_other_processes_plan_a_shared_gpu_by_that_rule() {
         )],
     );
     node.sharing = Sharing::Shared;
-    let fleet = Fleet { nodes: vec![node] };
+    let fleet = Fleet {
+        nodes: vec![node],
+        ..Default::default()
+    };
     let llama = arch("meta-llama/Llama-3.1-8B-Instruct");
     let mut s = spec(
         "meta-llama/Llama-3.1-8B-Instruct",
@@ -621,6 +624,7 @@ fn a10_takes_fp8_when_only_fp8_fits_with_the_flag_of_its_release() {
             "a10",
             vec![mk_gpu(0, A10_TOTAL, A10_RESERVED, 0, (8, 6), "NVIDIA A10")],
         )],
+        ..Default::default()
     };
     let llama = arch("meta-llama/Llama-3.1-8B-Instruct");
     let mut s = spec(

@@ -462,6 +462,17 @@ pub struct Placement {
     /// Why the replica is where it is, or why it was re-planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Bytes per GPU the plan counted inside vLLM's budget before the KV cache (weights,
+    /// activations, non-torch memory, graphs): the estimate's, or a MemoryProfile's measured
+    /// figure plus its margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_non_kv_bytes: Option<u64>,
+    /// The same figure as measured from this replica's start (vLLM's own figures), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_non_kv_bytes: Option<u64>,
+    /// The MemoryProfile whose figures the plan used, if one matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_profile: Option<String>,
 }
 
 fn default_image() -> String {

@@ -1,15 +1,18 @@
-//! The two custom resources of `vllm-operator.io/v1alpha1` and the enums they share.
+//! The custom resources of `vllm-operator.io/v1alpha1` and the enums they share.
 
 // kube's `printcolumn(...)` repeats `type_ = ...` per column; clippy reads that as a duplicate.
 #[allow(clippy::duplicated_attributes)]
 mod deployment;
 #[allow(clippy::duplicated_attributes)]
 mod gpunode;
+#[allow(clippy::duplicated_attributes)]
+mod profile;
 
 use std::fmt;
 
 pub use deployment::*;
 pub use gpunode::*;
+pub use profile::*;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "vllm-operator.io";

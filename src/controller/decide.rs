@@ -13,6 +13,7 @@ use crate::api::{self, PodRef, Sharing, VllmDeploymentSpec, VllmDeploymentStatus
 use crate::model::{Architecture, VllmFamily};
 use crate::plan::args::{Release, user_memory};
 use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
+use crate::profile;
 
 /// What the controller knows about one of the deployment's pods.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +24,8 @@ pub struct PodView {
     pub phase: PodPhase,
     /// The placement the pod was released with (from its annotation).
     pub placement: Option<api::Placement>,
+    /// What was seen of its vLLM's memory (launcher, agent, vLLM's messages and metrics).
+    pub observed: crate::profile::Observed,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +111,9 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// Check again after this long even without a watch event.
     pub requeue_after: Option<Duration>,
+    /// MemoryProfiles learned from the pods' observations, to create or update (whole
+    /// objects: spec for `Measured` profiles, status for all).
+    pub profiles: Vec<api::MemoryProfile>,
 }
 
 /// Pod name for a replica at a spec hash: `NAME-INDEX-HASH`.
@@ -128,6 +134,9 @@ pub fn placement_status(pod: &str, p: &Placement, reason: String) -> api::Placem
         max_model_len: p.shape.max_model_len,
         kv_cache_tokens: p.kv_cache_tokens,
         reason: Some(reason),
+        planned_non_kv_bytes: Some(p.estimate.required_bytes()),
+        observed_non_kv_bytes: None,
+        memory_profile: p.estimate.profile.as_ref().map(|u| u.name.clone()),
     }
 }
 
@@ -181,6 +190,73 @@ fn summary<T: ToString + PartialEq>(values: impl Iterator<Item = T>) -> Option<S
     (!seen.is_empty()).then(|| seen.join(","))
 }
 
+/// The profile key and the plan of a released pod: model and image from the deployment, shape
+/// from its placement, GPU product and CUDA total from the fleet's report of its GPUs.
+fn planned_of(
+    dep: &DeploymentView,
+    pl: &api::Placement,
+    fleet: &Fleet,
+) -> Option<(profile::ProfileKey, profile::Planned)> {
+    let node = fleet.node(pl.node.as_deref()?)?;
+    let gpu = node
+        .gpus
+        .iter()
+        .find(|g| pl.gpus.contains(&g.index))
+        .or_else(|| node.gpus.first())?;
+    let key = profile::ProfileKey {
+        model: dep.spec.model.name.clone(),
+        revision: dep.spec.model.revision.clone(),
+        image: dep.spec.image.clone(),
+        gpu_product: gpu.product.clone(),
+        tensor_parallel_size: pl.tensor_parallel_size,
+        quantization: pl.quantization,
+        kv_cache_dtype: pl.kv_cache_dtype,
+    };
+    let planned = profile::Planned {
+        utilization: pl.gpu_memory_utilization,
+        cuda_total_bytes: gpu.total_bytes.saturating_sub(gpu.reserved_bytes),
+        non_kv_bytes: pl.planned_non_kv_bytes?,
+        others_in_budget: dep.family.rules().others_in_budget,
+    };
+    Some((key, planned))
+}
+
+/// What a pod's observation teaches: the profile to write (none when the pod was counted
+/// already or nothing was measured) and the measurement.
+fn learn_from_pod(
+    dep: &DeploymentView,
+    pod: &PodView,
+    fleet: &Fleet,
+    known: &dyn Fn(&profile::ProfileKey) -> Option<api::MemoryProfile>,
+) -> Option<(Option<api::MemoryProfile>, profile::Measurement)> {
+    if pod.observed.is_empty() {
+        return None;
+    }
+    let pl = pod.placement.as_ref()?;
+    let (key, planned) = planned_of(dep, pl, fleet)?;
+    let m = profile::measure(&pod.observed, &planned)?;
+    let existing = known(&key);
+    let who = format!("{}/{}", dep.namespace, pod.name);
+    let update = profile::record(existing.as_ref(), &key, &pod.observed, &planned, &who);
+    Some((update, m))
+}
+
+/// The newest profile for `key`: learned this round, learned earlier, or stored.
+fn known_profile(
+    this_round: &[api::MemoryProfile],
+    failures: &FailureBook,
+    stored: &profile::Profiles,
+    key: &profile::ProfileKey,
+) -> Option<api::MemoryProfile> {
+    this_round
+        .iter()
+        .rev()
+        .find(|p| profile::ProfileKey::of(&p.spec) == *key)
+        .or_else(|| failures.learned(key))
+        .or_else(|| stored.get(key))
+        .cloned()
+}
+
 /// Decide what to do for one deployment. `ledger` is updated with new reservations and
 /// released ones; `failures` with new failures.
 #[allow(clippy::too_many_arguments)]
@@ -194,6 +270,9 @@ pub fn reconcile(
 ) -> Outcome {
     let mut actions = Vec::new();
     let mut events = Vec::new();
+    // Profiles learned in this round, on top of those learned earlier and not yet seen stored.
+    let mut profiles: Vec<api::MemoryProfile> = Vec::new();
+    failures.profiles_seen(&fleet.profiles);
     let generation = dep.generation;
     let desired = dep.spec.replicas.max(0) as u32;
     let pod_ref = |name: &str| PodRef {
@@ -216,6 +295,9 @@ pub fn reconcile(
         match &p.phase {
             PodPhase::Failed { message } => {
                 let kind = classify_failure(message);
+                let learned = learn_from_pod(dep, p, fleet, &|k| {
+                    known_profile(&profiles, failures, &fleet.profiles, k)
+                });
                 let node = p.placement.as_ref().and_then(|pl| pl.node.clone());
                 let line = message
                     .lines()
@@ -235,6 +317,16 @@ pub fn reconcile(
                         )
                     }
                     None => format!("pod failed: {line}"),
+                };
+                let reason = match learned {
+                    Some((update, m)) => {
+                        if let Some(u) = update {
+                            failures.learned_profile(u.clone());
+                            profiles.push(u);
+                        }
+                        format!("{reason} ({})", m.how)
+                    }
+                    None => reason,
                 };
                 events.push(Event {
                     warning: true,
@@ -313,6 +405,31 @@ pub fn reconcile(
             by_replica.entry(p.replica).or_default().push(p);
         }
     }
+
+    // Running replicas: what their start measured, for their status and their profile.
+    let mut observed_non_kv: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in &live {
+        if !matches!(p.phase, PodPhase::Running | PodPhase::Ready) {
+            continue;
+        }
+        let learned = learn_from_pod(dep, p, fleet, &|k| {
+            known_profile(&profiles, failures, &fleet.profiles, k)
+        });
+        if let Some((update, m)) = learned {
+            if let Some(b) = m.non_kv_bytes {
+                observed_non_kv.insert(p.name.as_str(), b);
+            }
+            if let Some(u) = update {
+                failures.learned_profile(u.clone());
+                profiles.push(u);
+            }
+        }
+    }
+    // Plan with what was learned, before the store shows it.
+    let planning_fleet = failures
+        .profiles_over(&fleet.profiles)
+        .map(|all| fleet.clone().with_profiles(all));
+    let fleet = planning_fleet.as_ref().unwrap_or(fleet);
 
     let mut refusal: Option<Vec<String>> = None;
     let mut placements: Vec<api::Placement> = Vec::new();
@@ -487,6 +604,7 @@ pub fn reconcile(
                 }
                 if let Some(pl) = &cur.placement {
                     let mut pl = pl.clone();
+                    pl.observed_non_kv_bytes = observed_non_kv.get(cur.name.as_str()).copied();
                     if let PodPhase::Stuck { reason, .. } = &cur.phase {
                         pl.reason = Some(format!("released but not starting: {reason}"));
                     }
@@ -625,5 +743,6 @@ pub fn reconcile(
         status,
         events,
         requeue_after,
+        profiles,
     }
 }

@@ -104,6 +104,10 @@ pub struct FailureBook {
     /// Released pods that do not start, by `(namespace, pod)`: when this controller first saw
     /// them stuck (its own clock, not the scheduler's or the kubelet's).
     stuck: BTreeMap<(String, String), Timestamp>,
+    /// MemoryProfiles this process learned, by name, until the profiles it is given (the
+    /// controller's watch, `simulate`'s store) show them: a re-plan right after a failure
+    /// uses what the failure taught even before the write comes back through the watch.
+    learned: BTreeMap<String, crate::api::MemoryProfile>,
 }
 
 impl FailureBook {
@@ -182,6 +186,49 @@ impl FailureBook {
             })
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Remember a profile learned now, until [`FailureBook::profiles_seen`] sees it stored.
+    pub fn learned_profile(&mut self, p: crate::api::MemoryProfile) {
+        if let Some(name) = p.metadata.name.clone() {
+            self.learned.insert(name, p);
+        }
+    }
+
+    /// Forget learned profiles that `stored` holds at least as far (as many observations).
+    pub fn profiles_seen(&mut self, stored: &crate::profile::Profiles) {
+        if self.learned.is_empty() {
+            return;
+        }
+        let count = |p: &crate::api::MemoryProfile| p.status.as_ref().map_or(0, |s| s.observations);
+        self.learned.retain(|_, mine| {
+            let key = crate::profile::ProfileKey::of(&mine.spec);
+            stored.get(&key).is_none_or(|theirs| {
+                theirs.metadata.name != mine.metadata.name || count(theirs) < count(mine)
+            })
+        });
+    }
+
+    /// The profile learned here for `key`, if any.
+    pub fn learned(&self, key: &crate::profile::ProfileKey) -> Option<&crate::api::MemoryProfile> {
+        self.learned
+            .values()
+            .find(|p| crate::profile::ProfileKey::of(&p.spec) == *key)
+    }
+
+    /// `stored` with the profiles learned here on top, or `None` when there are none.
+    pub fn profiles_over(
+        &self,
+        stored: &crate::profile::Profiles,
+    ) -> Option<crate::profile::Profiles> {
+        if self.learned.is_empty() {
+            return None;
+        }
+        let mut all = stored.clone();
+        for p in self.learned.values() {
+            all.insert(p.clone());
+        }
+        Some(all)
     }
 
     /// Drop failures older than an hour.

@@ -26,6 +26,7 @@ pub fn pod_view(pod: &Pod) -> Option<PodView> {
         spec_hash,
         phase: phase(pod),
         placement,
+        observed: Default::default(),
     })
 }
 

@@ -12,6 +12,7 @@ pub use super::family::VllmFamily;
 use super::family::{Fp8KvCache, Rules};
 use crate::api::{KvCacheDtype, Quantization};
 use crate::fit::{GpuMemoryView, LaunchPlan};
+use crate::profile::ProfileUse;
 
 const MIB: u64 = 1 << 20;
 /// fp32 copies of the logits alive at the sampler's peak (see the activation estimate).
@@ -140,6 +141,10 @@ pub struct Estimate {
     /// context) is charged to `u * total`; there is no startup check.
     pub others_in_budget: bool,
     pub max_model_len: u64,
+    /// A MemoryProfile's measured figures, which replace the estimated non-KV memory (and the
+    /// startup overhead, when measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileUse>,
 }
 
 /// The KV cache vLLM sizes for a GPU total and utilization.
@@ -158,8 +163,38 @@ impl Estimate {
             .saturating_mul(self.block_size)
     }
 
-    /// Everything vLLM takes from `u * total` before the KV cache.
+    /// Everything vLLM takes from `u * total` before the KV cache: a profile's measured
+    /// figure (with its margin) when one applies, else the estimate's parts.
     pub fn required_bytes(&self) -> u64 {
+        match &self.profile {
+            Some(p) => {
+                let own = if self.others_in_budget {
+                    self.startup_overhead()
+                } else {
+                    0
+                };
+                p.non_kv_bytes.saturating_add(own)
+            }
+            None => self.estimated_required_bytes(),
+        }
+    }
+
+    /// vLLM's own use before its startup check: measured (with margin) when a profile has it.
+    pub fn startup_overhead(&self) -> u64 {
+        self.profile
+            .as_ref()
+            .and_then(|p| p.startup_overhead_bytes)
+            .unwrap_or(self.startup_overhead_bytes)
+    }
+
+    /// Use a profile's figures in place of the estimate's.
+    pub fn with_profile(mut self, profile: ProfileUse) -> Self {
+        self.profile = Some(profile);
+        self
+    }
+
+    /// [`Estimate::required_bytes`] from the estimate alone, whatever a profile says.
+    pub fn estimated_required_bytes(&self) -> u64 {
         let graphs = if self.cuda_graphs_in_budget {
             self.cuda_graph_bytes
         } else {
@@ -191,7 +226,7 @@ impl Estimate {
         let own = if self.others_in_budget {
             0
         } else {
-            self.startup_overhead_bytes
+            self.startup_overhead()
         };
         own.saturating_add(graphs)
     }
@@ -243,7 +278,7 @@ impl Estimate {
     /// Whether loading the weights fits what is free after vLLM's overhead (online fp8 loads
     /// the dense weights first).
     pub fn load_fits(&self, gpu: GpuMemoryView) -> bool {
-        gpu.free_bytes.saturating_sub(self.startup_overhead_bytes) >= self.weights_load_peak_bytes
+        gpu.free_bytes.saturating_sub(self.startup_overhead()) >= self.weights_load_peak_bytes
     }
 }
 
@@ -698,6 +733,7 @@ pub fn estimate(
         // `memory_profiling(self.baseline_snapshot, ...)`).
         others_in_budget: rules.others_in_budget && (rules.v0_engine || !v0_engine),
         max_model_len: l,
+        profile: None,
     })
 }
 

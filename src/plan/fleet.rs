@@ -49,10 +49,12 @@ pub struct FleetNode {
     pub observed_at: Option<Timestamp>,
 }
 
-/// Every node with a GpuNode report, sorted by name.
+/// Every node with a GpuNode report, sorted by name, and the cluster's memory profiles.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fleet {
     pub nodes: Vec<FleetNode>,
+    /// MemoryProfiles: measured figures the planner uses in place of its estimate.
+    pub profiles: crate::profile::Profiles,
 }
 
 /// Parse `"8.9"` into `(8, 9)`.
@@ -272,7 +274,16 @@ impl Fleet {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Fleet { nodes: out }
+        Fleet {
+            nodes: out,
+            profiles: Default::default(),
+        }
+    }
+
+    /// The same fleet with `profiles` known to the planner.
+    pub fn with_profiles(mut self, profiles: crate::profile::Profiles) -> Fleet {
+        self.profiles = profiles;
+        self
     }
 
     pub fn node(&self, name: &str) -> Option<&FleetNode> {

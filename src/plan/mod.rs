@@ -15,6 +15,7 @@ use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, Vl
 use crate::fit::{Fit, GpuMemoryView, LaunchPlan, choose_for_gpus};
 use crate::model::checkpoint;
 use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
+use crate::profile::{self, Profiles};
 use args::{Release, ServeFlags, serve_command, user_memory};
 pub use fleet::{Fleet, ReportsSeen};
 use fleet::{FleetNode, Gpu};
@@ -178,6 +179,8 @@ fn class_key(gpu: &Gpu) -> ClassKey<'_> {
 /// names: no allocation per lookup in the per-GPU loop.
 struct EstimateCache<'a, 'g> {
     arch: &'a Architecture,
+    spec: &'a VllmDeploymentSpec,
+    profiles: &'a Profiles,
     map: HashMap<(usize, ClassKey<'g>), Result<Estimate, InvalidShape>>,
 }
 
@@ -189,14 +192,24 @@ impl<'a, 'g> EstimateCache<'a, 'g> {
         gpu: &'g Gpu,
     ) -> &Result<Estimate, InvalidShape> {
         let key = (shape_index, class_key(gpu));
-        let arch = self.arch;
+        let (arch, spec, profiles) = (self.arch, self.spec, self.profiles);
         self.map.entry(key).or_insert_with(|| {
             let facts = GpuFacts {
                 total_bytes: Some(gpu.total_bytes),
                 compute_capability: gpu.compute_capability,
                 product: Some(gpu.product.clone()),
             };
-            estimate(arch, shape, &facts)
+            let est = estimate(arch, shape, &facts)?;
+            // A measured profile of this model, image, GPU product and shape replaces the
+            // estimate's non-KV figure (the KV bytes per token stay exact arithmetic).
+            if profiles.is_empty() || est.others_in_budget {
+                return Ok(est);
+            }
+            let key = profile::key_for(spec, shape, &gpu.product, &spec.image);
+            Ok(match profiles.lookup(&key) {
+                Some(p) => est.with_profile(p),
+                None => est,
+            })
         })
     }
 }
@@ -295,6 +308,8 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
     let shapes = candidate_shapes(spec, max_len, req.family);
     let mut cache = EstimateCache {
         arch: req.arch,
+        spec,
+        profiles: &fleet.profiles,
         map: HashMap::new(),
     };
     let mut rejections = Rejections::default();
@@ -429,7 +444,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                     node.name.as_str(),
                     g,
                     est.weights_load_peak_bytes
-                        .saturating_add(est.startup_overhead_bytes),
+                        .saturating_add(est.startup_overhead()),
                     views[i].free_bytes,
                 );
                 continue;

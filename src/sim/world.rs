@@ -34,6 +34,8 @@ pub struct SimPod {
     pub launch_plan: Option<LaunchPlan>,
     /// GPU indices the kubelet gave it, and bytes vLLM holds on each.
     pub held: Vec<(u32, u64)>,
+    /// What the launcher, the agent and vLLM let the controller see of its start.
+    pub observed: crate::profile::Observed,
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +226,7 @@ impl World {
                 spec_hash: "sim".into(),
                 phase: p.phase.clone(),
                 placement: p.placement.clone(),
+                observed: p.observed.clone(),
             })
             .collect()
     }
@@ -252,6 +255,7 @@ impl World {
                     placement: None,
                     launch_plan: None,
                     held: Vec::new(),
+                    observed: Default::default(),
                 })
             }
             Action::Release {
