@@ -6,6 +6,7 @@
 //! launcher fixes the utilization from the GPUs' memory *now*, then vLLM's own startup check
 //! runs), the agents report, and every deployment is reconciled in creation order.
 
+pub mod vllm;
 mod world;
 
 use std::collections::BTreeMap;
