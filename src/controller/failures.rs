@@ -320,15 +320,15 @@ pub fn failure_figures(message: &str) -> Option<FailureFigures> {
             estimated_max_model_len,
         });
     }
-    if let Some(rest) = after(message, "max seq len (") {
-        if let Some((len, rest)) = until(rest, ") is larger than the maximum number of tokens") {
-            let rest = after(rest, "stored in KV cache (")?;
-            let (tokens, _) = until(rest, ")")?;
-            return Some(FailureFigures::KvTokens {
-                max_model_len: integer(len)?,
-                kv_tokens: integer(tokens)?,
-            });
-        }
+    if let Some(rest) = after(message, "max seq len (")
+        && let Some((len, rest)) = until(rest, ") is larger than the maximum number of tokens")
+    {
+        let rest = after(rest, "stored in KV cache (")?;
+        let (tokens, _) = until(rest, ")")?;
+        return Some(FailureFigures::KvTokens {
+            max_model_len: integer(len)?,
+            kv_tokens: integer(tokens)?,
+        });
     }
     message
         .contains("No available memory for the cache blocks")

@@ -60,8 +60,6 @@ pub const STARTUP_CHECK: VllmFamily = VllmFamily::new(9, 1);
 /// 2316-2322`); 0.28.0 checks `available` itself.
 pub const NULL_BLOCK_HELD_BACK: VllmFamily = VllmFamily::new(29, 0);
 
-const GIB: u128 = 1 << 30;
-
 /// One vLLM start on one GPU (one tensor-parallel rank). Bytes per GPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VllmStart {
@@ -211,24 +209,26 @@ pub fn start(s: &VllmStart) -> Result<KvCapacity, StartFailure> {
     };
     let requested_bytes = requested_f.min(u64::MAX as f64) as u64;
 
-    if !s.v0_engine && !s.others_in_budget && s.release >= STARTUP_CHECK {
-        if (snapshot_free as f64) < requested_f {
-            let device = if s.release >= CEIL_AND_DEVICE {
-                format!(" cuda:{}", s.device_index)
-            } else {
-                String::new()
-            };
-            return Err(StartFailure {
-                kind: FailureKind::StartupCheck,
-                message: format!(
-                    "ValueError: Free memory on device{device} ({}/{} GiB) on startup is less than desired GPU memory utilization ({}, {} GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
-                    format_gib(snapshot_free),
-                    format_gib(total),
-                    repr_f64(u),
-                    format_gib_f64(requested_f)
-                ),
-            });
-        }
+    if !s.v0_engine
+        && !s.others_in_budget
+        && s.release >= STARTUP_CHECK
+        && (snapshot_free as f64) < requested_f
+    {
+        let device = if s.release >= CEIL_AND_DEVICE {
+            format!(" cuda:{}", s.device_index)
+        } else {
+            String::new()
+        };
+        return Err(StartFailure {
+            kind: FailureKind::StartupCheck,
+            message: format!(
+                "ValueError: Free memory on device{device} ({}/{} GiB) on startup is less than desired GPU memory utilization ({}, {} GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+                format_gib(snapshot_free),
+                format_gib(total),
+                repr_f64(u),
+                format_gib_f64(requested_f)
+            ),
+        });
     }
 
     let others = if s.others_in_budget {
