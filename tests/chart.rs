@@ -399,6 +399,52 @@ const CONTROLLER_CALLS: &[Call] = &[
         resource: "secrets",
         verbs: &["get"],
     },
+    // DRA: is resource.k8s.io/v1 served (a one-item list at start-up), then the slices the
+    // NVIDIA driver publishes (a watch).
+    Call {
+        file: "src/controller/runner.rs",
+        code: "let api = Api::<ResourceSlice>::all(client.clone());",
+        group: "resource.k8s.io",
+        resource: "resourceslices",
+        verbs: &["list"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: "Api::<ResourceSlice>::all(watch_client.clone()),",
+        group: "resource.k8s.io",
+        resource: "resourceslices",
+        verbs: &["list", "watch"],
+    },
+    // One ResourceClaim per replica on exact GPUs: watched (labelled), created before the
+    // pod's release (POST, never apply), read after a 409, deleted with its pod.
+    Call {
+        file: "src/controller/runner.rs",
+        code: "Api::<ResourceClaim>::all(watch_client.clone()),",
+        group: "resource.k8s.io",
+        resource: "resourceclaims",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "claims.create(&params, wanted)",
+        group: "resource.k8s.io",
+        resource: "resourceclaims",
+        verbs: &["create"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "claims.get_opt(&name)",
+        group: "resource.k8s.io",
+        resource: "resourceclaims",
+        verbs: &["get"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: "claims.delete(name, &delete_params(uid))",
+        group: "resource.k8s.io",
+        resource: "resourceclaims",
+        verbs: &["delete"],
+    },
     // kube-runtime's Recorder: POST a new event, PATCH it when the series repeats.
     Call {
         file: "src/controller/apply.rs",
@@ -658,6 +704,7 @@ fn controller_and_agent_command_lines() {
             "--lease-name=vllm-operator-leader",
             "--stale-after-seconds=90",
             "--launcher-image=ghcr.io/vllm-operator/vllm-node-agent:0.1.0",
+            "--gpu-allocation=auto",
         ]
     );
     assert_eq!(
@@ -761,6 +808,44 @@ fn controller_and_agent_command_lines() {
             "default: {k} must be off"
         );
     }
+}
+
+/// `gpuAllocation` reaches the controller's `--gpu-allocation`; a value the flag does not take
+/// is refused by the schema at install time, not by a crash-looping controller.
+#[test]
+fn gpu_allocation_value_becomes_the_flag_and_only_its_modes_render() {
+    for mode in ["auto", "dra", "device-plugin"] {
+        let out = Command::new(helm())
+            .arg("template")
+            .arg(RELEASE)
+            .arg(chart())
+            .args(["--set", &format!("gpuAllocation={mode}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs = parse_yaml_documents(&String::from_utf8(out.stdout).unwrap());
+        let c = &find(&docs, "Deployment", "vllm-operator-controller")["spec"]["template"]["spec"]
+            ["containers"][0];
+        let flag = format!("--gpu-allocation={mode}");
+        assert!(strings(&c["args"]).contains(&flag.as_str()), "{mode}");
+    }
+    let out = Command::new(helm())
+        .arg("template")
+        .arg(RELEASE)
+        .arg(chart())
+        .args(["--set", "gpuAllocation=exact"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gpuAllocation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -14,10 +14,10 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use vllm_operator::api::{GpuNode, VllmDeployment};
-use vllm_operator::controller::context::{Context, Error, Settings, Stores};
+use vllm_operator::controller::context::{Context, Error, GpuAllocation, Settings, Stores};
 use vllm_operator::controller::leader::{self, Elector, LEASE_DURATION};
 use vllm_operator::controller::metrics::Metrics;
-use vllm_operator::controller::pod::{gated_pod, spec_hash};
+use vllm_operator::controller::pod::{PodGpus, gated_pod, spec_hash};
 use vllm_operator::controller::reconcile::{error_policy, reconcile};
 use vllm_operator::controller::runner::{RunError, check_crds};
 use vllm_operator::model::hub::HubClient;
@@ -82,6 +82,7 @@ fn context_on(
         launcher_image: LAUNCHER.into(),
         stale_after: Duration::from_secs(90),
         reservation_timeout: Duration::from_secs(300),
+        gpu_allocation: GpuAllocation::Auto,
     };
     let mut ctx = Context::new(
         client,
@@ -136,7 +137,7 @@ fn cached_gated_pod(gpus: u32) -> Pod {
         &deployment(),
         0,
         &spec_hash(&deployment().spec),
-        gpus,
+        PodGpus::DevicePlugin(gpus),
         LAUNCHER,
         Some(4 << 30),
     )
@@ -1045,7 +1046,15 @@ async fn scenario_placed_events_of_two_pods_are_two_series_on_their_pods() {
     let hash = spec_hash(&dep.spec);
     let pods: Vec<Pod> = (0..2)
         .map(|i| {
-            let mut pod = gated_pod(&dep, i, &hash, 1, LAUNCHER, Some(4 << 30)).unwrap();
+            let mut pod = gated_pod(
+                &dep,
+                i,
+                &hash,
+                PodGpus::DevicePlugin(1),
+                LAUNCHER,
+                Some(4 << 30),
+            )
+            .unwrap();
             pod.metadata.uid = Some(format!("pod-uid-{i}"));
             pod.metadata.resource_version = Some("7".into());
             pod

@@ -84,6 +84,11 @@ struct LaunchArgs {
     /// `vllm-operator.io/args` annotation).
     #[arg(long)]
     args_file: Option<PathBuf>,
+    /// A file holding the planned GPU UUIDs, comma separated (the controller's
+    /// `vllm-operator.io/gpu-uuids` annotation, set on the DRA path): the launcher refuses
+    /// to start when NVML shows other GPUs. Empty or absent: no check.
+    #[arg(long)]
+    gpu_uuids_file: Option<PathBuf>,
     #[arg(long, default_value = "/dev/termination-log")]
     termination_log: PathBuf,
     /// The command to exec, e.g. `vllm serve MODEL ...`.
@@ -239,6 +244,20 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),
     };
+    let planned = match &args.gpu_uuids_file {
+        None => Vec::new(),
+        Some(path) => match vllm_operator::validate::read_text(
+            path,
+            vllm_operator::validate::MAX_PLAN_BYTES,
+            "a GPU list",
+        )
+        .map_err(|e| format!("--gpu-uuids-file {e}"))
+        .and_then(|text| launch::parse_gpu_uuids(&text))
+        {
+            Ok(planned) => planned,
+            Err(e) => return fail(format!("vllm-operator: bad-plan: {e}")),
+        },
+    };
     let snapshot = match NvmlInventory::open(lib).and_then(|i| i.snapshot()) {
         Ok(s) => s,
         Err(e) => return fail(format!("vllm-operator: nvml-failed: {e}")),
@@ -256,6 +275,11 @@ fn launch_cmd(lib: &str, args: LaunchArgs) -> ExitCode {
         }
         Err(e) => return fail(format!("vllm-operator: no-gpu: {e}")),
     };
+    if let Err(line) = launch::check_planned_gpus(&planned, &gpus) {
+        // Like a memory refusal: the controller re-plans on fresh data (EX_TEMPFAIL).
+        termination(&args.termination_log, &line);
+        return ExitCode::from(EXIT_INSUFFICIENT);
+    }
     match decide(&gpus, &plan) {
         Decision::Refuse {
             index,

@@ -425,3 +425,70 @@ fn a_config_file_setting_an_unplanned_memory_option_is_refused() {
     let (code, log) = run(&["--max-num-seqs", "8"]);
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn refuses_with_exit_75_when_nvml_shows_other_gpus_than_planned() {
+    let dir = temp("wrong-gpus");
+    let log = dir.join("termination-log");
+    let marker = dir.join("ran");
+    let planned = dir.join("gpu-uuids");
+    // Planned: GPU 0 and a GPU this container did not get.
+    std::fs::write(
+        &planned,
+        "GPU-00000000-0000-0000-0000-000000000000,GPU-00000000-0000-0000-0000-000000000007",
+    )
+    .unwrap();
+    let run = |uuids: &std::path::Path| {
+        Command::new(bin())
+            .args([
+                "--nvml-lib",
+                stub(Variant::Full).to_str().unwrap(),
+                "launch",
+                "--plan",
+                &plan(GIB),
+                "--gpu-uuids-file",
+            ])
+            .arg(uuids)
+            .arg("--termination-log")
+            .arg(&log)
+            // The launcher appends --gpu-memory-utilization: it lands in $1, unused.
+            .args(["--", "sh", "-c", "touch \"$0\""])
+            .arg(&marker)
+            .env(
+                "NVIDIA_VISIBLE_DEVICES",
+                "GPU-00000000-0000-0000-0000-000000000000",
+            )
+            .output()
+            .unwrap()
+    };
+    let out = run(&planned);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "command must not run");
+    let msg = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        msg.trim(),
+        "vllm-operator: wrong-gpus: planned GPU-00000000-0000-0000-0000-000000000000,GPU-00000000-0000-0000-0000-000000000007; NVML shows GPU-00000000-0000-0000-0000-000000000000; missing GPU-00000000-0000-0000-0000-000000000007"
+    );
+
+    // Exactly the planned GPU: it launches.
+    std::fs::write(&planned, "GPU-00000000-0000-0000-0000-000000000000\n").unwrap();
+    let out = run(&planned);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(marker.exists());
+
+    // An empty file (the device-plugin path: no annotation) checks nothing.
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&planned, "").unwrap();
+    let out = run(&planned);
+    assert!(out.status.success());
+    assert!(marker.exists());
+}

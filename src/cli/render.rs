@@ -1,7 +1,9 @@
 //! `vllm-operator render`: every object the controller would send for VllmDeployments placed
 //! on a fleet file, as one `kind: List`. Placement is `plan`'s (one shared ledger, file order);
 //! the objects come from the controller's own builders (`controller::service::service`,
-//! `controller::pod::{gated_pod, released_pod}`), so what is printed is what is sent.
+//! `controller::pod::{gated_pod, released_pod}`, `controller::claim::resource_claim`), so what
+//! is printed is what is sent: a replica placed on exact GPUs (DRA) gets its ResourceClaim,
+//! printed before its pod, in the order the controller creates them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,8 +14,9 @@ use serde_json::{Value, json};
 use super::plan::{DeploymentPlan, load, namespace_of, plan_deployments};
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE};
 use crate::api::VllmDeployment;
+use crate::controller::claim::{ClaimError, placement_uuids, resource_claim};
 use crate::controller::decide::{placement_status, pod_name};
-use crate::controller::pod::{BuildError, fnv1a, gated_pod, released_pod, spec_hash};
+use crate::controller::pod::{BuildError, PodGpus, fnv1a, gated_pod, released_pod, spec_hash};
 use crate::controller::reconcile::smallest_tensor_parallel;
 use crate::controller::service::service;
 
@@ -74,13 +77,13 @@ fn json_of<T: serde::Serialize>(what: &'static str, object: &T) -> Result<Value,
 }
 
 /// The objects the controller sends for one deployment once `plan` is carried out: the
-/// Service, each placed replica's Pod as released (gate removed, pinned, annotated), and each
-/// replica that could not be placed as the gated Pod it stays.
+/// Service, each placed replica's ResourceClaim (DRA path) and Pod as released (gate removed,
+/// pinned, annotated), and each replica that could not be placed as the gated Pod it stays.
 pub fn deployment_objects(
     dep: &VllmDeployment,
     plan: &DeploymentPlan,
     launcher_image: &str,
-) -> Result<Vec<Value>, BuildError> {
+) -> Result<Vec<Value>, ClaimError> {
     let mut dep = dep.clone();
     let namespace = namespace_of(&dep);
     let name = dep.metadata.name.clone().unwrap_or_default();
@@ -93,23 +96,22 @@ pub fn deployment_objects(
     for replica in 0..dep.spec.replicas.max(0) as u32 {
         let pod = match plan.replicas.get(replica as usize) {
             Some(p) => {
-                let gated = gated_pod(
-                    &dep,
-                    replica,
-                    &hash,
-                    p.shape.tensor_parallel_size,
-                    launcher_image,
-                    plan.cache_bytes,
-                )?;
-                let status =
-                    placement_status(&pod_name(&name, replica, &hash), p, p.reason.clone());
+                let gpus = PodGpus::for_placement(p);
+                let pod = pod_name(&name, replica, &hash);
+                if gpus == PodGpus::Claim {
+                    let claim = resource_claim(&dep, &pod, replica, &hash, &placement_uuids(p))?;
+                    out.push(json_of("resource claim", &claim)?);
+                }
+                let gated =
+                    gated_pod(&dep, replica, &hash, gpus, launcher_image, plan.cache_bytes)?;
+                let status = placement_status(&pod, p, p.reason.clone());
                 released_pod(&gated, p, &status)?
             }
             None => gated_pod(
                 &dep,
                 replica,
                 &hash,
-                smallest_tensor_parallel(&dep.spec),
+                PodGpus::DevicePlugin(smallest_tensor_parallel(&dep.spec)),
                 launcher_image,
                 plan.cache_bytes,
             )?,

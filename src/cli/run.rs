@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::controller::context::Settings;
+use crate::controller::context::{GpuAllocation, Settings};
 use crate::controller::runner::{self, RunConfig};
 use crate::model::hub::{DEFAULT_ENDPOINT, HubClient};
 
@@ -41,6 +41,12 @@ pub struct RunArgs {
     pub hub_endpoint: String,
     #[arg(long, default_value_t = 10)]
     pub hub_timeout_seconds: u64,
+    /// How GPUs are given to vLLM pods: `auto` pins exact GPUs with a ResourceClaim on nodes
+    /// whose GPUs the NVIDIA DRA driver publishes (Kubernetes 1.34+, resource.k8s.io/v1) and
+    /// uses the device plugin elsewhere; `dra` places on such nodes only; `device-plugin`
+    /// never reads ResourceSlices.
+    #[arg(long, value_enum, default_value_t = GpuAllocation::Auto)]
+    pub gpu_allocation: GpuAllocation,
 }
 
 pub fn run(args: &RunArgs) -> ExitCode {
@@ -65,6 +71,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             launcher_image: args.launcher_image.clone(),
             stale_after: Duration::from_secs(args.stale_after_seconds),
             reservation_timeout: Duration::from_secs(args.reservation_timeout_seconds),
+            gpu_allocation: args.gpu_allocation,
         },
         hub: HubClient {
             endpoint: args.hub_endpoint.clone(),
@@ -93,6 +100,7 @@ mod tests {
     use clap::Parser;
 
     use crate::cli::{Cli, Command};
+    use crate::controller::context::GpuAllocation;
 
     #[test]
     fn the_charts_arguments_parse() {
@@ -104,6 +112,7 @@ mod tests {
             "--lease-name=vllm-operator-leader",
             "--stale-after-seconds=90",
             "--launcher-image=ghcr.io/vllm-operator/vllm-node-agent:0.1.0",
+            "--gpu-allocation=auto",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -116,5 +125,26 @@ mod tests {
             "ghcr.io/vllm-operator/vllm-node-agent:0.1.0"
         );
         assert_eq!(args.metrics_addr.port(), 8080);
+        assert_eq!(args.gpu_allocation, GpuAllocation::Auto);
+    }
+
+    #[test]
+    fn gpu_allocation_takes_the_three_modes_and_nothing_else() {
+        let parse = |v: &str| {
+            Cli::try_parse_from([
+                "vllm-operator",
+                "run",
+                "--launcher-image=img",
+                &format!("--gpu-allocation={v}"),
+            ])
+            .map(|cli| match cli.command {
+                Command::Run(args) => args.gpu_allocation,
+                _ => panic!("not run"),
+            })
+        };
+        assert_eq!(parse("auto").unwrap(), GpuAllocation::Auto);
+        assert_eq!(parse("dra").unwrap(), GpuAllocation::Dra);
+        assert_eq!(parse("device-plugin").unwrap(), GpuAllocation::DevicePlugin);
+        assert!(parse("exact").is_err());
     }
 }

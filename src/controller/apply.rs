@@ -7,15 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource};
 use tracing::{info, warn};
 
+use super::claim::{self, claimed_uuids, owned_by, resource_claim};
 use super::context::{Context, Error};
 use super::decide::{Action, Event, carry_transition_times};
-use super::pod::{self, PLACEMENT_GATE, gated_pod, gpu_count, released_pod};
+use super::pod::{self, LABEL_REPLICA, PLACEMENT_GATE, PodGpus, gated_pod, pod_gpus, released_pod};
 use super::service::service;
 use crate::api::{PodRef, VllmDeployment, VllmDeploymentStatus};
 
@@ -28,24 +30,44 @@ pub enum Step {
         pod: Box<Pod>,
     },
     /// `pod` is the builder's released pod; `patch` the JSON patch that turns the cached pod
-    /// into it (gate tested and removed, affinity and annotations set).
+    /// into it (gate tested and removed, affinity and annotations set). On the DRA path,
+    /// `claim` is created first: the pod is released only once its claim exists.
     Release {
         pod: Box<Pod>,
         patch: json_patch::Patch,
+        claim: Option<Box<ResourceClaim>>,
     },
     Delete {
         name: String,
         uid: Option<String>,
         reason: String,
     },
-    /// The gated pod was sized for another tensor parallel size: delete it (an unscheduled pod
-    /// goes at once) so that the next round creates it with the planned GPU count.
+    /// The gated pod was created for other GPUs (another tensor parallel size, or the other
+    /// path: device plugin or claim): delete it (an unscheduled pod goes at once) so that the
+    /// next round creates it as the placement needs.
     Resize {
         name: String,
         uid: Option<String>,
-        from: u32,
-        to: u32,
+        from: PodGpus,
+        to: PodGpus,
     },
+    /// Delete one of the deployment's ResourceClaims (its pod went, or never came back); the
+    /// uid is a precondition, so a claim re-created under the name meanwhile stays.
+    DeleteClaim {
+        name: String,
+        uid: Option<String>,
+        reason: String,
+    },
+}
+
+fn build_claim(
+    what: &str,
+    r: Result<ResourceClaim, claim::ClaimError>,
+) -> Result<Box<ResourceClaim>, Error> {
+    r.map(Box::new).map_err(|source| Error::BuildClaim {
+        what: what.to_string(),
+        source,
+    })
 }
 
 fn build(what: &str, r: Result<Pod, pod::BuildError>) -> Result<Box<Pod>, Error> {
@@ -55,14 +77,20 @@ fn build(what: &str, r: Result<Pod, pod::BuildError>) -> Result<Box<Pod>, Error>
     })
 }
 
-/// The pod writes for `actions`, pure. `pods` are the deployment's pods from the cache;
-/// `gpus_for_new` the GPU count of each pod to create; `cache_bytes` the model cache size when
-/// the architecture is known (`model::checkpoint::cache_bytes`).
+/// The pod and claim writes for `actions`, pure. `pods` and `claims` are the deployment's pods
+/// and ResourceClaims from the cache; `gpus_for_new` how each pod to create gets its GPUs;
+/// `cache_bytes` the model cache size when the architecture is known
+/// (`model::checkpoint::cache_bytes`).
+///
+/// A pod's claim goes with it: deleting or re-creating a pod deletes the claim of its name,
+/// and a claim whose pod is gone (deleted by hand, or by a run that stopped in between) is
+/// deleted too. Only claims the deployment owns are in `claims`, so no other is touched.
 pub fn steps(
     dep: &VllmDeployment,
     actions: &[Action],
     pods: &[Arc<Pod>],
-    gpus_for_new: &BTreeMap<String, u32>,
+    claims: &[Arc<ResourceClaim>],
+    gpus_for_new: &BTreeMap<String, PodGpus>,
     launcher_image: &str,
     cache_bytes: Option<u64>,
 ) -> Result<Vec<Step>, Error> {
@@ -71,11 +99,28 @@ pub fn steps(
         pods.iter()
             .find(|p| p.metadata.name.as_deref() == Some(name))
     };
+    let claim_of = |name: &str| {
+        claims
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(claim::claim_name(name).as_str()))
+    };
+    let delete_claim = |name: &str, reason: &str| {
+        claim_of(name)
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .map(|c| Step::DeleteClaim {
+                name: claim::claim_name(name),
+                uid: c.metadata.uid.clone(),
+                reason: reason.to_string(),
+            })
+    };
     let mut out = Vec::new();
     for a in actions {
         match a {
             Action::CreateGated { pod, replica } => {
-                let gpus = gpus_for_new.get(pod).copied().unwrap_or(1);
+                let gpus = gpus_for_new
+                    .get(pod)
+                    .copied()
+                    .unwrap_or(PodGpus::DevicePlugin(1));
                 out.push(Step::Create {
                     pod: build(
                         pod,
@@ -89,31 +134,71 @@ pub fn steps(
                 status,
             } => {
                 let Some(current) = find(pod) else { continue };
-                let tp = placement.shape.tensor_parallel_size;
-                match gpu_count(current) {
-                    Some(n) if n != tp => out.push(Step::Resize {
-                        name: pod.clone(),
-                        uid: current.metadata.uid.clone(),
-                        from: n,
-                        to: tp,
-                    }),
+                let wanted = PodGpus::for_placement(placement);
+                match pod_gpus(current) {
+                    Some(have) if have != wanted => {
+                        out.push(Step::Resize {
+                            name: pod.clone(),
+                            uid: current.metadata.uid.clone(),
+                            from: have,
+                            to: wanted,
+                        });
+                        out.extend(delete_claim(pod, "its pod is re-created for other GPUs"));
+                    }
                     _ => {
                         let released = build(pod, released_pod(current, placement, status))?;
+                        let uuids = claim::placement_uuids(placement);
+                        let claim = if wanted == PodGpus::Claim {
+                            let labels = current.metadata.labels.as_ref();
+                            let replica = labels
+                                .and_then(|l| l.get(LABEL_REPLICA))
+                                .and_then(|r| r.parse().ok())
+                                .unwrap_or_default();
+                            Some(build_claim(
+                                pod,
+                                resource_claim(dep, pod, replica, &hash, &uuids),
+                            )?)
+                        } else {
+                            None
+                        };
                         // Without the gate in the cache there is nothing to release.
                         if let Some(patch) = release_patch(current, &released) {
                             out.push(Step::Release {
                                 pod: released,
                                 patch,
+                                claim,
                             });
                         }
                     }
                 }
             }
-            Action::Delete { pod, reason } => out.push(Step::Delete {
-                name: pod.clone(),
-                uid: find(pod).and_then(|p| p.metadata.uid.clone()),
-                reason: reason.clone(),
-            }),
+            Action::Delete { pod, reason } => {
+                out.push(Step::Delete {
+                    name: pod.clone(),
+                    uid: find(pod).and_then(|p| p.metadata.uid.clone()),
+                    reason: reason.clone(),
+                });
+                out.extend(delete_claim(pod, &format!("its pod is deleted: {reason}")));
+            }
+        }
+    }
+    // Claims whose pod is gone and that no step above deletes already.
+    for c in claims {
+        let Some(name) = c.metadata.name.as_deref() else {
+            continue;
+        };
+        let has_pod = pods
+            .iter()
+            .any(|p| p.metadata.name.as_deref().map(claim::claim_name).as_deref() == Some(name));
+        let deleting = out
+            .iter()
+            .any(|s| matches!(s, Step::DeleteClaim { name: n, .. } if n == name));
+        if !has_pod && !deleting && c.metadata.deletion_timestamp.is_none() {
+            out.push(Step::DeleteClaim {
+                name: name.to_string(),
+                uid: c.metadata.uid.clone(),
+                reason: "its pod is gone".into(),
+            });
         }
     }
     Ok(out)
@@ -258,10 +343,173 @@ async fn delete(api: &Api<Pod>, name: &str, uid: &Option<String>) -> Result<(), 
     }
 }
 
-pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) -> Result<(), Error> {
+/// A claim the controller could not create: its pod stays gated (and its reservation is
+/// dropped) until a later round gets the claim in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimProblem {
+    pub pod: String,
+    /// `ClaimConflict` (the name is held by a claim this deployment does not own),
+    /// `ClaimPending` (our previous claim of that name is still being deleted),
+    /// `ClaimForbidden` (403), `ClaimInvalid` (422).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What became of a claim create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimCreated {
+    Created,
+    /// A claim of that name, ours, asking for the same GPUs (a release that failed after its
+    /// claim was created): used as it is.
+    Reused,
+    Problem {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Judge an existing claim of the wanted name (after a create answered 409 AlreadyExists):
+/// only a claim the deployment owns may be reused or deleted, and only one asking for exactly
+/// the wanted GPUs is reused. Returns the outcome and, when our stale claim must go first,
+/// its uid for a delete with that precondition.
+pub fn judge_existing(
+    existing: &ResourceClaim,
+    wanted: &ResourceClaim,
+    owner_uid: &str,
+) -> (ClaimCreated, Option<Option<String>>) {
+    let name = existing.metadata.name.clone().unwrap_or_default();
+    if !owned_by(existing, owner_uid) {
+        return (
+            ClaimCreated::Problem {
+                reason: "ClaimConflict",
+                message: format!(
+                    "ResourceClaim {name} exists and is not owned by this VllmDeployment; it is left alone and the pod stays gated until it is renamed or removed"
+                ),
+            },
+            None,
+        );
+    }
+    if existing.metadata.deletion_timestamp.is_some() {
+        return (
+            ClaimCreated::Problem {
+                reason: "ClaimPending",
+                message: format!(
+                    "the previous ResourceClaim {name} is still being deleted (it waits for its old pod to go); the pod is released once it is gone"
+                ),
+            },
+            None,
+        );
+    }
+    if claimed_uuids(existing).is_some() && claimed_uuids(existing) == claimed_uuids(wanted) {
+        return (ClaimCreated::Reused, None);
+    }
+    (
+        ClaimCreated::Problem {
+            reason: "ClaimPending",
+            message: format!(
+                "ResourceClaim {name} was left by an earlier placement on other GPUs; deleting it, the pod is released once it is gone"
+            ),
+        },
+        Some(existing.metadata.uid.clone()),
+    )
+}
+
+/// Create `wanted` (POST, never apply: an apply would take over a claim of the same name that
+/// someone else made, and a claim's spec is immutable anyway: pkg/apis/resource/validation/
+/// validation.go `ValidateResourceClaimUpdate`).
+async fn create_claim(
+    ctx: &Context,
+    dep: &VllmDeployment,
+    wanted: &ResourceClaim,
+) -> Result<ClaimCreated, Error> {
+    let namespace = dep.metadata.namespace.clone().unwrap_or_default();
+    let name = wanted.metadata.name.clone().unwrap_or_default();
+    let claims: Api<ResourceClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let status = match claims.create(&params, wanted).await {
+        Ok(_) => return Ok(ClaimCreated::Created),
+        Err(kube::Error::Api(s)) => s,
+        Err(source) => {
+            return Err(Error::CreateClaim {
+                claim: name,
+                source,
+            });
+        }
+    };
+    let problem = |reason: &'static str, what: &str| {
+        Ok(ClaimCreated::Problem {
+            reason,
+            message: format!(
+                "cannot create ResourceClaim {name} ({what}): {}",
+                status.message
+            ),
+        })
+    };
+    match status.code {
+        403 => problem(
+            "ClaimForbidden",
+            "the controller's service account may not create resourceclaims in this namespace",
+        ),
+        422 => problem("ClaimInvalid", "the API server rejected it"),
+        409 => {
+            let existing = match claims.get_opt(&name).await {
+                Ok(Some(existing)) => existing,
+                // Gone since: the next round creates it.
+                Ok(None) => {
+                    return problem("ClaimPending", "a claim of that name was just deleted");
+                }
+                Err(source) => {
+                    return Err(Error::CreateClaim {
+                        claim: name,
+                        source,
+                    });
+                }
+            };
+            let owner = dep.metadata.uid.clone().unwrap_or_default();
+            let (outcome, stale) = judge_existing(&existing, wanted, &owner);
+            if let Some(uid) = stale {
+                delete_claim(&claims, &name, &uid).await?;
+            }
+            Ok(outcome)
+        }
+        _ => Err(Error::CreateClaim {
+            claim: name,
+            source: kube::Error::Api(status),
+        }),
+    }
+}
+
+async fn delete_claim(
+    claims: &Api<ResourceClaim>,
+    name: &str,
+    uid: &Option<String>,
+) -> Result<(), Error> {
+    match claims.delete(name, &delete_params(uid)).await {
+        Ok(_) => Ok(()),
+        // Already gone, or replaced by a claim of the same name we did not mean.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(source) => Err(Error::DeleteClaim {
+            claim: name.into(),
+            source,
+        }),
+    }
+}
+
+/// Carry out `steps` in order; returns the claims that could not be created (their pods stay
+/// gated).
+pub async fn run_steps(
+    ctx: &Context,
+    dep: &VllmDeployment,
+    steps: Vec<Step>,
+) -> Result<Vec<ClaimProblem>, Error> {
     let namespace = dep.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<ResourceClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let mut problems = Vec::new();
     for step in steps {
         match step {
             Step::Create { pod } => {
@@ -274,8 +522,30 @@ pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) ->
                     })?;
                 info!(pod = %name, "created gated pod");
             }
-            Step::Release { pod, patch } => {
+            Step::Release { pod, patch, claim } => {
                 let name = pod.metadata.name.clone().unwrap_or_default();
+                if let Some(claim) = claim {
+                    match create_claim(ctx, dep, &claim).await {
+                        Ok(ClaimCreated::Created) => info!(pod = %name, "created resource claim"),
+                        Ok(ClaimCreated::Reused) => {
+                            info!(pod = %name, "resource claim exists with the planned GPUs")
+                        }
+                        Ok(ClaimCreated::Problem { reason, message }) => {
+                            warn!(pod = %name, reason, %message, "pod not released");
+                            forget_reservation(ctx, &namespace, &name);
+                            problems.push(ClaimProblem {
+                                pod: name,
+                                reason,
+                                message,
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            forget_reservation(ctx, &namespace, &name);
+                            return Err(e);
+                        }
+                    }
+                }
                 let params = PatchParams {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..PatchParams::default()
@@ -298,9 +568,14 @@ pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) ->
             } => {
                 forget_reservation(ctx, &namespace, &name);
                 delete(&api, &name, &uid).await?;
-                let note = format!(
-                    "{name}: created for {from} GPU(s), placed with tensor parallel size {to}; re-creating it (a pod's GPU count cannot change)"
-                );
+                let note = match (from, to) {
+                    (PodGpus::DevicePlugin(from), PodGpus::DevicePlugin(to)) => format!(
+                        "{name}: created for {from} GPU(s), placed with tensor parallel size {to}; re-creating it (a pod's GPU count cannot change)"
+                    ),
+                    (from, to) => format!(
+                        "{name}: created for {from}, placed on {to}; re-creating it (a pod's GPU resources and claims cannot change)"
+                    ),
+                };
                 let event = Event {
                     warning: false,
                     reason: "Resized".into(),
@@ -309,9 +584,19 @@ pub async fn run_steps(ctx: &Context, dep: &VllmDeployment, steps: Vec<Step>) ->
                 };
                 publish(ctx, dep, &event, uid).await;
             }
+            Step::DeleteClaim { name, uid, reason } => {
+                // A claim left over is deleted on a later round (it stays in the cache until
+                // then); it must not hold up the status of the whole deployment.
+                match delete_claim(&claims, &name, &uid).await {
+                    Ok(()) => info!(claim = %name, %reason, "deleted resource claim"),
+                    Err(e) => {
+                        warn!(claim = %name, error = %e, "cannot delete resource claim; retrying later")
+                    }
+                }
+            }
         }
     }
-    Ok(())
+    Ok(problems)
 }
 
 fn forget_reservation(ctx: &Context, namespace: &str, name: &str) {
@@ -525,6 +810,64 @@ mod tests {
             let kept = note.trim_end_matches("...");
             assert!(long.starts_with(kept));
         }
+    }
+
+    fn claim_on(uuids: &[&str]) -> ResourceClaim {
+        let text = include_str!("../../tests/fixtures/controller/deployment.yaml");
+        let mut dep: VllmDeployment = serde_norway::from_str(text).unwrap();
+        dep.metadata.uid = Some("dep-uid".into());
+        let uuids: Vec<String> = uuids.iter().map(|u| u.to_string()).collect();
+        let mut c = resource_claim(&dep, "llama-1b-0-h", 0, "h", &uuids).unwrap();
+        c.metadata.uid = Some("claim-uid".into());
+        c
+    }
+
+    #[test]
+    fn an_existing_claim_is_reused_only_if_ours_and_the_same_and_deleted_only_if_ours() {
+        let wanted = claim_on(&["GPU-aa", "GPU-bb"]);
+        // Ours, same GPUs: a release that failed after the create; reuse it.
+        assert_eq!(
+            judge_existing(&wanted, &wanted, "dep-uid"),
+            (ClaimCreated::Reused, None)
+        );
+        // Ours, other GPUs: from an earlier placement; delete it by uid, wait.
+        let (outcome, stale) = judge_existing(&claim_on(&["GPU-cc"]), &wanted, "dep-uid");
+        assert!(matches!(
+            outcome,
+            ClaimCreated::Problem {
+                reason: "ClaimPending",
+                ..
+            }
+        ));
+        assert_eq!(stale, Some(Some("claim-uid".into())));
+        // Ours, being deleted: wait for it.
+        let mut going = claim_on(&["GPU-aa", "GPU-bb"]);
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-26T12:00:00Z".parse().unwrap(),
+            ));
+        let (outcome, stale) = judge_existing(&going, &wanted, "dep-uid");
+        assert!(matches!(
+            outcome,
+            ClaimCreated::Problem {
+                reason: "ClaimPending",
+                ..
+            }
+        ));
+        assert_eq!(stale, None);
+        // Someone else's, even with the same GPUs: never reused, never deleted.
+        let (outcome, stale) = judge_existing(&wanted, &wanted, "another-uid");
+        match outcome {
+            ClaimCreated::Problem { reason, message } => {
+                assert_eq!(reason, "ClaimConflict");
+                assert!(
+                    message.contains("not owned by this VllmDeployment"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stale, None);
     }
 
     #[test]

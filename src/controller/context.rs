@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::core::DeserializeGuard;
@@ -14,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 
+use super::claim::ClaimError;
 use super::failures::FailureBook;
 use super::metrics::Metrics;
 use super::model_source::{ModelResolver, Unavailable};
@@ -33,6 +35,8 @@ pub enum Error {
     ResolveModel(#[source] Unavailable),
     #[error("build {what}: {source}")]
     Build { what: String, source: BuildError },
+    #[error("build the resource claim of {what}: {source}")]
+    BuildClaim { what: String, source: ClaimError },
     #[error("the shared ledger lock is poisoned")]
     Plan,
     #[error("create pod {pod}: {source}")]
@@ -41,6 +45,10 @@ pub enum Error {
     ReleasePod { pod: String, source: kube::Error },
     #[error("delete pod {pod}: {source}")]
     DeletePod { pod: String, source: kube::Error },
+    #[error("create resource claim {claim}: {source}")]
+    CreateClaim { claim: String, source: kube::Error },
+    #[error("delete resource claim {claim}: {source}")]
+    DeleteClaim { claim: String, source: kube::Error },
     #[error("apply service {name}: {source}")]
     ApplyService { name: String, source: kube::Error },
     #[error("patch status of {name}: {source}")]
@@ -53,11 +61,13 @@ impl Error {
         match self {
             Error::InvalidObject(_) => "Read",
             Error::ResolveModel(_) => "ResolveModel",
-            Error::Build { .. } => "Build",
+            Error::Build { .. } | Error::BuildClaim { .. } => "Build",
             Error::Plan => "Plan",
             Error::CreatePod { .. } => "CreatePod",
             Error::ReleasePod { .. } => "ReleasePod",
             Error::DeletePod { .. } => "DeletePod",
+            Error::CreateClaim { .. } => "CreateClaim",
+            Error::DeleteClaim { .. } => "DeleteClaim",
             Error::ApplyService { .. } => "ApplyService",
             Error::PatchStatus { .. } => "PatchStatus",
         }
@@ -73,6 +83,14 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// Pods labelled `app.kubernetes.io/managed-by=vllm-operator`.
     pub pods: Store<Pod>,
+    /// ResourceSlices (every driver's; the fleet keeps the NVIDIA driver's). Empty when
+    /// `resource.k8s.io/v1` is not served or GPUs are allocated by the device plugin only.
+    pub slices: Store<ResourceSlice>,
+    /// ResourceClaims labelled `app.kubernetes.io/managed-by=vllm-operator`; empty when
+    /// `resource.k8s.io/v1` is not served.
+    pub claims: Store<ResourceClaim>,
+    /// Whether the API server serves `resource.k8s.io/v1` (the claim and slice caches run).
+    pub dra_api: bool,
 }
 
 fn filled<K>(objects: Vec<K>) -> Store<K>
@@ -107,8 +125,33 @@ impl Stores {
             gpunodes: filled(gpunodes),
             nodes: filled(nodes),
             pods: filled(pods),
+            slices: filled(Vec::new()),
+            claims: filled(Vec::new()),
+            dra_api: false,
         }
     }
+
+    /// These stores on a cluster that serves `resource.k8s.io/v1`, with these slices and claims.
+    pub fn with_dra(self, slices: Vec<ResourceSlice>, claims: Vec<ResourceClaim>) -> Self {
+        Stores {
+            slices: filled(slices),
+            claims: filled(claims),
+            dra_api: true,
+            ..self
+        }
+    }
+}
+
+/// Which GPUs the controller may place by exact device (`--gpu-allocation`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuAllocation {
+    /// Exact GPUs through DRA where the NVIDIA driver publishes them, the device plugin elsewhere.
+    #[default]
+    Auto,
+    /// Exact GPUs through DRA only.
+    Dra,
+    /// The device plugin only; ResourceSlices are not read.
+    DevicePlugin,
 }
 
 /// Controller settings from the command line.
@@ -119,6 +162,7 @@ pub struct Settings {
     pub stale_after: Duration,
     /// Reservations the agent has not confirmed within this long are dropped.
     pub reservation_timeout: Duration,
+    pub gpu_allocation: GpuAllocation,
 }
 
 pub struct Context {
@@ -172,11 +216,43 @@ impl Context {
         }
     }
 
+    /// Whether ResourceSlices go into the fleet: the API serves them and the flag allows DRA.
+    pub fn reads_slices(&self) -> bool {
+        self.stores.dra_api && self.settings.gpu_allocation != GpuAllocation::DevicePlugin
+    }
+
+    /// The deployment's ResourceClaims from the cache: same namespace, instance label and
+    /// controller owner uid (a claim another owner holds is never the controller's to touch).
+    pub fn owned_claims(&self, dep: &VllmDeployment) -> Vec<Arc<ResourceClaim>> {
+        let ns = dep.metadata.namespace.as_deref();
+        let name = dep.metadata.name.as_deref();
+        let Some(uid) = dep.metadata.uid.as_deref() else {
+            return Vec::new();
+        };
+        let mut claims = self.stores.claims.state_filter(|c| {
+            c.metadata.namespace.as_deref() == ns
+                && c.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(super::pod::LABEL_INSTANCE))
+                    .map(String::as_str)
+                    == name
+                && super::claim::owned_by(c, uid)
+        });
+        claims.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        claims
+    }
+
     /// The fleet as the caches hold it now.
     pub fn fleet(&self, now: Timestamp) -> Arc<Fleet> {
         use std::hash::{Hash, Hasher};
         let gpunodes = self.stores.gpunodes.state();
         let nodes = self.stores.nodes.state();
+        let slices = if self.reads_slices() {
+            self.stores.slices.state()
+        } else {
+            Vec::new()
+        };
         // Which object versions the caches hold: a change of any invalidates the snapshot.
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for g in &gpunodes {
@@ -184,6 +260,9 @@ impl Context {
         }
         for n in &nodes {
             (&n.metadata.name, &n.metadata.resource_version).hash(&mut h);
+        }
+        for s in &slices {
+            (&s.metadata.name, &s.metadata.resource_version).hash(&mut h);
         }
         let versions = h.finish();
         let mut cache = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,13 +274,17 @@ impl Context {
         }
         let mut seen = self.reports_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.observe(gpunodes.iter().map(|g| g.as_ref()), now);
-        let fleet = Arc::new(Fleet::from_refs_seen(
+        let mut fleet = Fleet::from_refs_seen(
             gpunodes.iter().map(|g| g.as_ref()),
             nodes.iter().map(|n| n.as_ref()),
             now,
             self.settings.stale_after,
             Some(&seen),
-        ));
+        );
+        if !slices.is_empty() {
+            let _ = &mut fleet; // DRA-PLAN-TODO fleet.attach_slices(slices.iter().map(|s| s.as_ref()));
+        }
+        let fleet = Arc::new(fleet);
         *cache = Some((std::time::Instant::now(), versions, fleet.clone()));
         fleet
     }

@@ -59,6 +59,9 @@ pub enum StuckKind {
     Unschedulable,
     /// The kubelet cannot pull an image (`ErrImagePull`, `ImagePullBackOff`, ...).
     ImagePull,
+    /// The scheduler cannot allocate the pod's ResourceClaim (the DRA plugin's Unschedulable):
+    /// the exact GPUs planned are held by a claim the controller does not know, or gone.
+    ClaimUnallocatable,
 }
 
 /// How long a released pod may stay stuck before its placement counts as failed: the
@@ -355,8 +358,26 @@ pub fn reconcile(
                     continue;
                 }
                 let node = p.placement.as_ref().and_then(|pl| pl.node.clone());
-                if let (StuckKind::Unschedulable, Some(n)) = (kind, &node) {
-                    failures.node_unusable(n, now);
+                match (kind, &node) {
+                    (StuckKind::Unschedulable, Some(n)) => failures.node_unusable(n, now),
+                    // Only the planned GPUs are out of reach: avoid them, not the node.
+                    (StuckKind::ClaimUnallocatable, Some(n)) => {
+                        let uuids = p
+                            .placement
+                            .as_ref()
+                            .map(|pl| {
+                                let _ = pl;
+                                Vec::<String>::new()
+                            }) // DRA-PLAN-TODO pl.gpu_uuids.clone()
+                            .unwrap_or_default();
+                        if uuids.is_empty() {
+                            failures.node_unusable(n, now);
+                        }
+                        for uuid in uuids {
+                            failures.gpu_unusable(n, &uuid, now);
+                        }
+                    }
+                    _ => {}
                 }
                 let why = format!(
                     "not started {} after release to {}: {reason}",
@@ -368,6 +389,7 @@ pub fn reconcile(
                     reason: match kind {
                         StuckKind::Unschedulable => "Unschedulable",
                         StuckKind::ImagePull => "ImagePullFailed",
+                        StuckKind::ClaimUnallocatable => "ClaimUnallocatable",
                     }
                     .into(),
                     message: format!(

@@ -411,6 +411,17 @@ impl FailureBook {
         e.1 = now;
     }
 
+    /// GPU `uuid` of `node` could not be allocated to a pod's claim: avoid it at once, as
+    /// [`Self::node_unusable`] does for a node.
+    pub fn gpu_unusable(&mut self, node: &str, uuid: &str, now: Timestamp) {
+        let e = self
+            .entries
+            .entry((node.to_string(), uuid.to_string()))
+            .or_insert((0, now));
+        e.0 = e.0.max(FAILURES_BEFORE_BACKOFF - 1) + 1;
+        e.1 = now;
+    }
+
     /// When the controller first saw `pod` stuck (recorded now if it was not).
     pub fn stuck_since(&mut self, namespace: &str, pod: &str, now: Timestamp) -> Timestamp {
         *self

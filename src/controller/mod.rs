@@ -1,6 +1,7 @@
 //! The controller: reconcile VllmDeployments into gated, placed, launched vLLM pods.
 
 pub mod apply;
+pub mod claim;
 pub mod context;
 pub mod decide;
 pub mod failures;

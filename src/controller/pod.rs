@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, HTTPGetAction, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSchedulingGate,
-    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodResourceClaim,
+    PodSchedulingGate, PodSecurityContext, PodSpec, Probe, ResourceClaim as ContainerClaim,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -24,6 +24,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::claim::{self, ANNOTATION_GPU_UUIDS, POD_CLAIM};
 use super::weights;
 use crate::api::{self, VllmDeployment, VllmDeploymentSpec};
 use crate::plan;
@@ -54,6 +55,39 @@ const PLAN_DIR: &str = "/etc/vllm-operator";
 const PLAN_FILE: &str = "launch-plan";
 const SHM_DIR: &str = "/dev/shm";
 const ARGS_FILE: &str = "args";
+/// The planned GPU UUIDs (the `vllm-operator.io/gpu-uuids` annotation; empty on the
+/// device-plugin path, where the kubelet chooses).
+const GPU_UUIDS_FILE: &str = "gpu-uuids";
+
+/// How a pod gets its GPUs, fixed at creation (a pod's resources and claims are immutable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodGpus {
+    /// `nvidia.com/gpu: N`: the kubelet's device plugin chooses which N.
+    DevicePlugin(u32),
+    /// The ResourceClaim named after the pod, created at release with the planned GPUs
+    /// ([`claim::resource_claim`]); any count.
+    Claim,
+}
+
+impl std::fmt::Display for PodGpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PodGpus::DevicePlugin(n) => write!(f, "{n} GPU(s) from the device plugin"),
+            PodGpus::Claim => write!(f, "exact GPUs through a ResourceClaim"),
+        }
+    }
+}
+
+impl PodGpus {
+    /// What a pod placed as `placement` must have been created with.
+    pub fn for_placement(placement: &plan::Placement) -> Self {
+        if claim::placement_uuids(placement).is_empty() {
+            PodGpus::DevicePlugin(placement.shape.tensor_parallel_size)
+        } else {
+            PodGpus::Claim
+        }
+    }
+}
 
 /// Where the operator mounts its own volumes in the vLLM container; user mounts may not.
 pub fn operator_mount_paths() -> [&'static str; 4] {
@@ -182,6 +216,16 @@ pub fn owner_reference(dep: &VllmDeployment) -> Result<OwnerReference, BuildErro
     })
 }
 
+/// How a pod was created to get its GPUs: a claim reference named [`POD_CLAIM`], or its
+/// `nvidia.com/gpu` limit; `None` for neither.
+pub fn pod_gpus(pod: &Pod) -> Option<PodGpus> {
+    let claims = pod.spec.as_ref()?.resource_claims.iter().flatten();
+    if claims.into_iter().any(|c| c.name == POD_CLAIM) {
+        return Some(PodGpus::Claim);
+    }
+    gpu_count(pod).map(PodGpus::DevicePlugin)
+}
+
 /// The GPU count a pod was created with (its `nvidia.com/gpu` limit), if any.
 pub fn gpu_count(pod: &Pod) -> Option<u32> {
     let c = pod
@@ -225,11 +269,12 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// `spec.resources` with `nvidia.com/gpu` set to `gpus` (limit only: the request follows),
-/// and the model cache's `ephemeral-storage` request in the default cache mode.
+/// `spec.resources` with the GPUs: `nvidia.com/gpu` set to the count (limit only: the request
+/// follows), or, for a claim, no `nvidia.com/gpu` at all and the claim in `claims`; and the
+/// model cache's `ephemeral-storage` request in the default cache mode.
 fn vllm_resources(
     spec: &VllmDeploymentSpec,
-    gpus: u32,
+    gpus: PodGpus,
     cache_bytes: Option<u64>,
 ) -> ResourceRequirements {
     let mut r = spec.resources.clone().unwrap_or_default();
@@ -241,20 +286,38 @@ fn vllm_resources(
             .get_or_insert_with(BTreeMap::new)
             .insert(weights::EPHEMERAL_STORAGE.into(), disk);
     }
-    r.limits
-        .get_or_insert_with(BTreeMap::new)
-        .insert(GPU_RESOURCE.to_string(), Quantity(gpus.to_string()));
+    match gpus {
+        PodGpus::DevicePlugin(n) => {
+            r.limits
+                .get_or_insert_with(BTreeMap::new)
+                .insert(GPU_RESOURCE.to_string(), Quantity(n.to_string()));
+        }
+        PodGpus::Claim => {
+            // A device-plugin GPU on top of the claimed ones would be a GPU nobody planned.
+            if let Some(limits) = r.limits.as_mut() {
+                limits.remove(GPU_RESOURCE);
+                if limits.is_empty() {
+                    r.limits = None;
+                }
+            }
+            r.claims = Some(vec![ContainerClaim {
+                name: POD_CLAIM.into(),
+                request: None,
+            }]);
+        }
+    }
     r
 }
 
-/// The pod of `replica`, gated, with `gpus` GPUs. The vLLM arguments and the launch plan
-/// arrive at release time through annotations (see the module comment). `cache_bytes` sizes
-/// the model cache (`model::checkpoint::cache_bytes`), when the architecture is known.
+/// The pod of `replica`, gated, getting its GPUs as `gpus` says. The vLLM arguments, the
+/// launch plan and the planned GPU UUIDs arrive at release time through annotations (see the
+/// module comment). `cache_bytes` sizes the model cache (`model::checkpoint::cache_bytes`),
+/// when the architecture is known.
 pub fn gated_pod(
     dep: &VllmDeployment,
     replica: u32,
     spec_hash: &str,
-    gpus: u32,
+    gpus: PodGpus,
     launcher_image: &str,
     cache_bytes: Option<u64>,
 ) -> Result<Pod, BuildError> {
@@ -311,6 +374,8 @@ pub fn gated_pod(
             format!("{PLAN_DIR}/{PLAN_FILE}"),
             "--args-file".into(),
             format!("{PLAN_DIR}/{ARGS_FILE}"),
+            "--gpu-uuids-file".into(),
+            format!("{PLAN_DIR}/{GPU_UUIDS_FILE}"),
             "--".into(),
             "vllm".into(),
             "serve".into(),
@@ -354,9 +419,17 @@ pub fn gated_pod(
         ..Default::default()
     };
 
+    let pod_name = super::decide::pod_name(name, replica, spec_hash);
+    let resource_claims = (gpus == PodGpus::Claim).then(|| {
+        vec![PodResourceClaim {
+            name: POD_CLAIM.into(),
+            resource_claim_name: Some(claim::claim_name(&pod_name)),
+            resource_claim_template_name: None,
+        }]
+    });
     Ok(Pod {
         metadata: ObjectMeta {
-            name: Some(super::decide::pod_name(name, replica, spec_hash)),
+            name: Some(pod_name),
             namespace: Some(namespace.to_string()),
             labels: Some(labels),
             owner_references: Some(vec![owner_reference(dep)?]),
@@ -366,6 +439,7 @@ pub fn gated_pod(
             scheduling_gates: Some(vec![PodSchedulingGate {
                 name: PLACEMENT_GATE.into(),
             }]),
+            resource_claims,
             init_containers: Some(vec![install]),
             containers: vec![vllm],
             // The controller is the restart policy: a failed start is re-planned on fresh data.
@@ -393,6 +467,7 @@ pub fn gated_pod(
                             items: Some(vec![
                                 annotation_file(PLAN_FILE, ANNOTATION_LAUNCH_PLAN),
                                 annotation_file(ARGS_FILE, ANNOTATION_ARGS),
+                                annotation_file(GPU_UUIDS_FILE, ANNOTATION_GPU_UUIDS),
                             ]),
                             ..Default::default()
                         }),
@@ -419,7 +494,8 @@ pub fn serve_args(command: &[String]) -> Vec<String> {
 }
 
 /// `current` released to `placement`: required node affinity on the node's name added, the
-/// placement gate removed, and the plan annotations set. Never `nodeName`: the scheduler must
+/// placement gate removed, and the plan annotations set (with the planned GPU UUIDs on the
+/// DRA path). Never `nodeName`: the scheduler must
 /// still admit the pod.
 ///
 /// The pin is `matchFields: metadata.name In [NODE]`, as the DaemonSet controller pins its pods
@@ -457,6 +533,10 @@ pub fn released_pod(
             serde_json::to_string(&serve_args(&placement.command)),
         )?,
     );
+    let uuids = claim::placement_uuids(placement);
+    if !uuids.is_empty() {
+        annotations.insert(ANNOTATION_GPU_UUIDS.into(), uuids.join(","));
+    }
     pod.status = None;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     if let Some(gates) = spec.scheduling_gates.as_mut() {
@@ -515,7 +595,7 @@ mod tests {
             &d,
             0,
             "abcdef0123",
-            2,
+            PodGpus::DevicePlugin(2),
             "ghcr.io/vllm-operator/vllm-node-agent:0.1.0",
             Some(4 << 30),
         )
@@ -545,7 +625,7 @@ mod tests {
             ])),
             ..Default::default()
         });
-        let pod = gated_pod(&d, 1, "h", 4, "img", None).unwrap();
+        let pod = gated_pod(&d, 1, "h", PodGpus::DevicePlugin(4), "img", None).unwrap();
         let r = pod.spec.as_ref().unwrap().containers[0]
             .resources
             .clone()
@@ -558,11 +638,50 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_pod_references_its_claim_and_has_no_device_plugin_gpu() {
+        let mut d = deployment();
+        // Even a user's own nvidia.com/gpu limit goes: the claim holds every GPU it gets.
+        d.spec.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([
+                (GPU_RESOURCE.into(), Quantity("8".into())),
+                ("memory".into(), Quantity("64Gi".into())),
+            ])),
+            ..Default::default()
+        });
+        let pod = gated_pod(&d, 1, "h", PodGpus::Claim, "img", None).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        let claims = spec.resource_claims.clone().unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].name, POD_CLAIM);
+        assert_eq!(
+            claims[0].resource_claim_name.as_deref(),
+            Some("llama-1b-1-h")
+        );
+        assert_eq!(claims[0].resource_claim_template_name, None);
+        let r = spec.containers[0].resources.clone().unwrap();
+        assert_eq!(r.claims.unwrap()[0].name, POD_CLAIM);
+        let limits = r.limits.unwrap();
+        assert!(!limits.contains_key(GPU_RESOURCE), "{limits:?}");
+        assert_eq!(limits["memory"], Quantity("64Gi".into()));
+        assert_eq!(gpu_count(&pod), None);
+        assert_eq!(pod_gpus(&pod), Some(PodGpus::Claim));
+        // The launcher reads the planned UUIDs from the downward-API file.
+        let cmd = spec.containers[0].command.clone().unwrap();
+        assert!(
+            cmd.windows(2)
+                .any(|w| w == ["--gpu-uuids-file", "/etc/vllm-operator/gpu-uuids"])
+        );
+        let device_plugin = gated_pod(&d, 1, "h", PodGpus::DevicePlugin(2), "img", None).unwrap();
+        assert_eq!(pod_gpus(&device_plugin), Some(PodGpus::DevicePlugin(2)));
+        assert_eq!(device_plugin.spec.unwrap().resource_claims, None);
+    }
+
+    #[test]
     fn a_deployment_without_uid_cannot_own_a_pod() {
         let mut d = deployment();
         d.metadata.uid = None;
         assert_eq!(
-            gated_pod(&d, 0, "h", 1, "img", None),
+            gated_pod(&d, 0, "h", PodGpus::DevicePlugin(1), "img", None),
             Err(BuildError::MissingMetadata("uid"))
         );
     }
@@ -606,7 +725,7 @@ mod tests {
         let d = deployment();
         let p = placement_on("gpu-node-7.example.com");
         let status = api::Placement::default();
-        let gated = gated_pod(&d, 0, "h", 1, "img", Some(4 << 30)).unwrap();
+        let gated = gated_pod(&d, 0, "h", PodGpus::DevicePlugin(1), "img", Some(4 << 30)).unwrap();
         let released = released_pod(&gated, &p, &status).unwrap();
         let required = released
             .spec
@@ -675,7 +794,7 @@ mod tests {
     fn image_pull_secrets_reach_the_pod() {
         let mut d = deployment();
         assert_eq!(
-            gated_pod(&d, 0, "h", 1, "img", Some(4 << 30))
+            gated_pod(&d, 0, "h", PodGpus::DevicePlugin(1), "img", Some(4 << 30))
                 .unwrap()
                 .spec
                 .unwrap()
@@ -690,7 +809,7 @@ mod tests {
                 name: "mirror".into(),
             },
         ];
-        let spec = gated_pod(&d, 0, "h", 1, "img", Some(4 << 30))
+        let spec = gated_pod(&d, 0, "h", PodGpus::DevicePlugin(1), "img", Some(4 << 30))
             .unwrap()
             .spec
             .unwrap();

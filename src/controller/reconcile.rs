@@ -15,9 +15,10 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use super::apply;
+use super::context::GpuAllocation;
 use super::context::{Context, Error, Guarded};
 use super::decide::{self, Action, DeploymentView, Outcome, PodView};
-use super::pod::{self, LABEL_INSTANCE};
+use super::pod::{self, LABEL_INSTANCE, PodGpus};
 use super::view::pod_view;
 use crate::api::{PodRef, VllmDeployment};
 use crate::cli::plan::family_from_image;
@@ -99,6 +100,7 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
     });
     let now = (ctx.clock)();
     let pods = owned_pods(ctx, dep);
+    let claims = ctx.owned_claims(dep);
     let views: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p)).collect();
     let queued = queued_behind(ctx, dep);
     // Plan.
@@ -107,17 +109,41 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
         dep,
         &outcome.actions,
         &pods,
+        &claims,
         &gpus_for_new,
         &ctx.settings.launcher_image,
         arch.as_ref()
             .ok()
             .map(|a| checkpoint::cache_bytes(checkpoint::checkpoint_bytes(a))),
     )?;
-    apply::run_steps(ctx, dep, steps).await?;
+    let claim_problems = apply::run_steps(ctx, dep, steps).await?;
     // The Service's fate goes into the status, which is written whether or not it applied.
     let service = apply::apply_service(ctx, dep).await;
     let mut status = outcome.status.clone();
     let mut events = outcome.events.clone();
+    let uses_claims = !claims.is_empty()
+        || outcome.actions.iter().any(|a| {
+            matches!(a, Action::Release { placement, .. }
+                if PodGpus::for_placement(placement) == PodGpus::Claim)
+        });
+    if let Some(c) = claims_condition(&claim_problems, uses_claims, dep.metadata.generation, now) {
+        status.conditions.push(c);
+    }
+    for p in &claim_problems {
+        if let Some(pl) = status.placements.iter_mut().find(|pl| pl.pod == p.pod) {
+            *pl = crate::api::Placement {
+                pod: p.pod.clone(),
+                reason: Some(format!("not released: {}", p.message)),
+                ..Default::default()
+            };
+        }
+        events.push(decide::Event {
+            warning: true,
+            reason: p.reason.into(),
+            message: format!("{}: {}", p.pod, p.message),
+            pod: Some(p.pod.clone()),
+        });
+    }
     let (condition, service_error) = service_condition(service, dep.metadata.generation, now);
     if condition.status != "True" && service_error.is_none() {
         events.push(decide::Event {
@@ -135,10 +161,11 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
     if let Some(e) = service_error {
         return Err(e);
     }
-    // Nothing watches the other owner's Service: look again in a while.
+    // Nothing watches the other owner's Service or claim: look again in a while.
+    let retry = conflict || !claim_problems.is_empty();
     let requeue_after = match outcome.requeue_after {
-        Some(after) if conflict => Some(after.min(SERVICE_CONFLICT_RETRY)),
-        None if conflict => Some(SERVICE_CONFLICT_RETRY),
+        Some(after) if retry => Some(after.min(SERVICE_CONFLICT_RETRY)),
+        None if retry => Some(SERVICE_CONFLICT_RETRY),
         other => other,
     };
     Ok(match requeue_after {
@@ -185,6 +212,45 @@ pub fn service_condition(
         last_transition_time: Time(now),
     };
     (condition, error)
+}
+
+/// The status condition about the deployment's ResourceClaims (DRA path only).
+pub const CONDITION_CLAIMS: &str = "ResourceClaimsReady";
+
+/// `ResourceClaimsReady`: False with the first problem's reason when a claim could not be
+/// created, True when the deployment uses claims and all went in; absent on the device-plugin
+/// path.
+pub fn claims_condition(
+    problems: &[apply::ClaimProblem],
+    uses_claims: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Condition> {
+    let (ok, reason, message) = match problems.first() {
+        Some(p) => (
+            false,
+            p.reason.to_string(),
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.pod, p.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None if uses_claims => (
+            true,
+            "Created".to_string(),
+            "every released replica's ResourceClaim exists".to_string(),
+        ),
+        None => return None,
+    };
+    Some(Condition {
+        type_: CONDITION_CLAIMS.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    })
 }
 
 /// What the CRD's schema cannot check: the shared validation pass ([`crate::validate`]),
@@ -280,7 +346,7 @@ fn decide_under_lock(
     views: &[PodView],
     queued_behind: Vec<String>,
     now: Timestamp,
-) -> Result<(Outcome, BTreeMap<String, u32>), Error> {
+) -> Result<(Outcome, BTreeMap<String, PodGpus>), Error> {
     let fleet = ctx.fleet(now);
     let spec_hash = pod::spec_hash(&dep.spec);
     let view = DeploymentView {
@@ -304,7 +370,14 @@ fn decide_under_lock(
         if let Action::CreateGated { pod, .. } = a {
             gpus.insert(
                 pod.clone(),
-                provisional_gpus(&view, pod, &fleet, &ledger, &avoid),
+                provisional_gpus(
+                    &view,
+                    pod,
+                    &fleet,
+                    &ledger,
+                    &avoid,
+                    ctx.settings.gpu_allocation,
+                ),
             );
         }
     }
@@ -322,18 +395,24 @@ pub fn smallest_tensor_parallel(spec: &crate::api::VllmDeploymentSpec) -> u32 {
         .unwrap_or(1) as u32
 }
 
-/// The GPU count a new pod is created with. A pod's resources cannot change, so this is the
-/// tensor parallel size the planner would choose right now; if the placement at release
-/// differs, the still-gated pod is re-created (see `apply::steps`). Without a placement, the
-/// smallest allowed size.
+/// How a new pod gets its GPUs. A pod's resources and claims cannot change, so this is what
+/// the planner would choose right now: a claim on a DRA node, else the tensor parallel size
+/// through the device plugin; if the placement at release differs, the still-gated pod is
+/// re-created (see `apply::steps`). Without a placement, a claim when only DRA is allowed,
+/// else the smallest allowed size.
 pub fn provisional_gpus(
     dep: &DeploymentView,
     pod: &str,
     fleet: &Fleet,
     ledger: &Ledger,
     avoid: &[(String, String)],
-) -> u32 {
-    let smallest = smallest_tensor_parallel(dep.spec);
+    allocation: GpuAllocation,
+) -> PodGpus {
+    let smallest = if allocation == GpuAllocation::Dra {
+        PodGpus::Claim
+    } else {
+        PodGpus::DevicePlugin(smallest_tensor_parallel(dep.spec))
+    };
     let Ok(arch) = dep.arch else { return smallest };
     let pod_ref = PodRef {
         namespace: dep.namespace.clone(),
@@ -349,7 +428,7 @@ pub fn provisional_gpus(
         avoid,
     };
     match plan_replica(fleet, &ledger, &req) {
-        Decision::Placed(p) => p.shape.tensor_parallel_size,
+        Decision::Placed(p) => PodGpus::for_placement(&p),
         Decision::Refused(_) => smallest,
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -17,7 +18,7 @@ use kube::{Api, Client, Config};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::context::{Context, Guarded, Settings, Stores};
+use super::context::{Context, GpuAllocation, Guarded, Settings, Stores};
 use super::leader::{self, Elector, LeaderState};
 use super::metrics::{Metrics, router};
 use super::pod::{LABEL_MANAGED_BY, MANAGED_BY};
@@ -107,6 +108,45 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
         .await
         .map(|_| ());
     check(gpunodes, "gpunodes.vllm-operator.io", "GpuNodes")
+}
+
+/// Whether the API server serves `resource.k8s.io/v1` to this controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DraApi {
+    Served,
+    /// Not served (a list answers 404: Kubernetes before 1.34, or the group turned off), or
+    /// not readable (403: the chart's RBAC was changed), or not reachable: why, in a line.
+    Unavailable(String),
+}
+
+/// Ask once whether ResourceSlices can be listed. Only a 404 or 403 is an answer about the
+/// API; any other failure is retried a few times before it counts as unavailable.
+pub async fn probe_dra(client: &Client) -> DraApi {
+    let one = ListParams::default().limit(1);
+    let api = Api::<ResourceSlice>::all(client.clone());
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        match api.list_metadata(&one).await {
+            Ok(_) => return DraApi::Served,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return DraApi::Unavailable(
+                    "resource.k8s.io/v1 is not served (Kubernetes before 1.34, or DRA turned off)"
+                        .into(),
+                );
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return DraApi::Unavailable(format!(
+                    "the controller may not list resourceslices ({}); check the chart's ClusterRole",
+                    s.message
+                ));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    DraApi::Unavailable(format!("cannot list resourceslices: {last}"))
 }
 
 /// Deployments not fully admitted, oldest first: the ones a GpuNode change may unblock.
@@ -252,6 +292,37 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         watcher::Config::default(),
     );
     let (pods, pod_events) = cache(Api::<Pod>::all(watch_client.clone()), managed());
+    // DRA: told once, here, whether exact GPUs are possible; the controller keeps working on
+    // the device-plugin path either way.
+    let dra_api = match probe_dra(&client).await {
+        DraApi::Served => true,
+        DraApi::Unavailable(why) => {
+            if cfg.settings.gpu_allocation == GpuAllocation::DevicePlugin {
+                info!(%why, "resource.k8s.io/v1 unavailable; GPUs come from the device plugin (--gpu-allocation=device-plugin)");
+            } else {
+                warn!(%why, gpu_allocation = ?cfg.settings.gpu_allocation, "resource.k8s.io/v1 unavailable: exact GPUs through DRA are off, GPUs come from the device plugin");
+            }
+            false
+        }
+    };
+    let read_slices = dra_api && cfg.settings.gpu_allocation != GpuAllocation::DevicePlugin;
+    let (slices, slice_events) = if read_slices {
+        let (store, events) = cache(
+            Api::<ResourceSlice>::all(watch_client.clone()),
+            watcher::Config::default(),
+        );
+        (store, Some(events))
+    } else {
+        (reflector::store().0, None)
+    };
+    // Claims are watched whenever the API is served, so that claims left from a DRA run are
+    // still deleted with their pods after a switch to the device plugin.
+    let (claims, claim_events) = if dra_api {
+        let (store, events) = cache(Api::<ResourceClaim>::all(watch_client.clone()), managed());
+        (store, Some(events))
+    } else {
+        (reflector::store().0, None)
+    };
     let stores = Stores {
         deployments: reflector::store().0,
         gpunodes,
@@ -265,6 +336,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             reflector::store().0
         },
         pods,
+        slices,
+        claims,
+        dra_api,
     };
     // Deciding on half-filled caches would re-create pods that exist.
     for (what, ready) in [
@@ -277,6 +351,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     }
     if cfg.watch_nodes {
         let _ = stores.nodes.wait_until_ready().await;
+    }
+    if read_slices {
+        let _ = stores.slices.wait_until_ready().await;
+    }
+    if dra_api {
+        let _ = stores.claims.wait_until_ready().await;
     }
 
     let controller = Controller::new(
@@ -312,9 +392,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             }
         }
     };
-    controller
+    let mut controller = controller
         .owns_shared_stream(pod_events)
-        .owns(Api::<Service>::all(watch_client.clone()), managed())
+        .owns(Api::<Service>::all(watch_client.clone()), managed());
+    if let Some(events) = claim_events {
+        controller = controller.owns_shared_stream(events);
+    }
+    if let Some(events) = slice_events {
+        let deployments = deployments.clone();
+        controller = controller.watches_shared_stream(events, move |_| not_admitted(&deployments));
+    }
+    controller
         .watches_shared_stream(gpunode_events, move |_| not_admitted(&deployments))
         .with_config(controller::Config::default().debounce(Duration::from_secs(1)))
         .graceful_shutdown_on(shutdown)

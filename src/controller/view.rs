@@ -119,9 +119,29 @@ const IMAGE_PULL_FAILURES: [&str; 6] = [
     "InvalidImageName",
 ];
 
+/// Texts of the scheduler's DynamicResources plugin when a pod's claims cannot be had
+/// (kubernetes pkg/scheduler/framework/plugins/dynamicresources/dynamicresources.go, read at
+/// 00d3750: Filter "cannot allocate all claims", "resourceclaim not available on the node";
+/// PreFilter "resourceclaim in use", `resourceclaim "X" is being deleted`, "request R: device
+/// class C does not exist", "resource claim X is in the process of being allocated"; the
+/// claim lister's not-found error names `resourceclaim`).
+const DRA_UNSCHEDULABLE: [&str; 4] = [
+    "cannot allocate all claims",
+    "resourceclaim",
+    "resource claim",
+    "device class",
+];
+
+/// Whether an Unschedulable message is the DRA plugin's (the claim cannot be allocated).
+pub fn dra_unschedulable(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    DRA_UNSCHEDULABLE.iter().any(|n| lower.contains(n))
+}
+
 /// Why a pending, released pod cannot start: the scheduler's `PodScheduled=False` with reason
-/// `Unschedulable` (k8s.io/api core/v1 types.go, PodReasonUnschedulable), or a container
-/// (init included) waiting on an image pull failure.
+/// `Unschedulable` (k8s.io/api core/v1 types.go, PodReasonUnschedulable), told apart when the
+/// DRA plugin says its claim cannot be allocated, or a container (init included) waiting on an
+/// image pull failure.
 fn stuck(pod: &Pod) -> Option<(StuckKind, String)> {
     let status = pod.status.as_ref()?;
     if !matches!(status.phase.as_deref(), None | Some("Pending")) {
@@ -133,6 +153,12 @@ fn stuck(pod: &Pod) -> Option<(StuckKind, String)> {
             && c.reason.as_deref() == Some("Unschedulable")
     }) {
         let message = c.message.as_deref().unwrap_or("no reason given");
+        if dra_unschedulable(message) {
+            return Some((
+                StuckKind::ClaimUnallocatable,
+                format!("the scheduler cannot allocate its planned GPUs: {message}"),
+            ));
+        }
         return Some((
             StuckKind::Unschedulable,
             format!("unschedulable: {message}"),
@@ -310,6 +336,24 @@ status:
             phase(&pull),
             PodPhase::Stuck { kind: StuckKind::ImagePull, reason }
                 if reason.contains("registry.example/vllm:v1: ImagePullBackOff (Back-off pulling image)")
+        ));
+        // The DRA plugin's answer: the exact GPUs of the claim cannot be had.
+        let claim = pod(&format!(
+            "{META}spec:\n  containers: [{{name: vllm}}]\nstatus:\n  phase: Pending\n  conditions:\n  - {{type: PodScheduled, status: \"False\", reason: Unschedulable, message: \"0/4 nodes are available: 1 cannot allocate all claims, 3 node(s) didn't match Pod's node affinity/selector.\"}}\n"
+        ));
+        assert!(matches!(
+            phase(&claim),
+            PodPhase::Stuck { kind: StuckKind::ClaimUnallocatable, reason }
+                if reason.contains("cannot allocate its planned GPUs: 0/4 nodes")
+        ));
+        assert!(dra_unschedulable(
+            "resourceclaim \"llama-0-h\" is being deleted"
+        ));
+        assert!(dra_unschedulable(
+            "0/1 nodes are available: 1 resourceclaim not available on the node."
+        ));
+        assert!(!dra_unschedulable(
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
         ));
         // Pending for an ordinary reason (still pulling, still scheduling) is just pending.
         let pulling = pod(&format!(

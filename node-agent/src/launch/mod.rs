@@ -285,6 +285,70 @@ pub fn parse_args_file(text: &str) -> Result<Vec<String>, String> {
         .map_err(|e| format!("the args file is not a JSON array of strings: {e}"))
 }
 
+/// The planned GPU UUIDs: the controller's `vllm-operator.io/gpu-uuids` annotation (comma
+/// separated), seen through a downward-API file. Empty on the device-plugin path, where the
+/// kubelet chooses the GPUs and there is nothing to compare with.
+pub fn parse_gpu_uuids(text: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in text
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+    {
+        let well_formed = id.strip_prefix("GPU-").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        });
+        if !well_formed {
+            return Err(format!("the planned GPU list holds {id:?}, not a GPU UUID"));
+        }
+        if !out.iter().any(|o| o == id) {
+            out.push(id.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The GPUs the runtime gave this container must be exactly the planned ones (DRA path): the
+/// planner sized the model and the utilization on those GPUs only, so any other GPU (or one
+/// missing) makes the plan wrong. `Err` carries the termination-log line.
+pub fn check_planned_gpus(planned: &[String], shown: &[&GpuInfo]) -> Result<(), String> {
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let mut have: Vec<&str> = shown.iter().map(|g| g.uuid.as_str()).collect();
+    let mut want: Vec<&str> = planned.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    if have == want {
+        return Ok(());
+    }
+    let missing: Vec<&str> = want.iter().copied().filter(|u| !have.contains(u)).collect();
+    let extra: Vec<&str> = have.iter().copied().filter(|u| !want.contains(u)).collect();
+    Err(format!(
+        "{WRONG_GPUS} planned {}; NVML shows {}{}{}",
+        want.join(","),
+        if have.is_empty() {
+            "none".to_string()
+        } else {
+            have.join(",")
+        },
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; missing {}", missing.join(","))
+        },
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; not planned {}", extra.join(","))
+        },
+    ))
+}
+
+/// The termination-message prefix when the runtime gave other GPUs than planned.
+pub const WRONG_GPUS: &str = "vllm-operator: wrong-gpus:";
+
 /// Copy this executable to `dest` (mode 0755), through a temporary name so a reader never
 /// sees half a binary. The launcher image is distroless: no `cp` to do it.
 pub fn install(dest: &Path) -> std::io::Result<()> {
@@ -536,6 +600,30 @@ mod tests {
     fn a_plan_file_that_never_ends_is_refused_at_the_limit() {
         let err = plan_text(None, Some(Path::new("/dev/zero"))).unwrap_err();
         assert!(err.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn planned_gpus_must_be_exactly_the_gpus_nvml_shows() {
+        let a = gpu(0, "GPU-aa", 80 << 30, 80 << 30);
+        let b = gpu(1, "GPU-bb", 80 << 30, 80 << 30);
+        let planned = parse_gpu_uuids(" GPU-bb,GPU-aa\n").unwrap();
+        assert_eq!(planned, s(&["GPU-bb", "GPU-aa"]));
+        // Same set, any order.
+        assert_eq!(check_planned_gpus(&planned, &[&a, &b]), Ok(()));
+        // One missing, one other.
+        let c = gpu(2, "GPU-cc", 80 << 30, 80 << 30);
+        let err = check_planned_gpus(&planned, &[&a, &c]).unwrap_err();
+        assert_eq!(
+            err,
+            "vllm-operator: wrong-gpus: planned GPU-aa,GPU-bb; NVML shows GPU-aa,GPU-cc; missing GPU-bb; not planned GPU-cc"
+        );
+        // A GPU too many is wrong too: the utilization was planned on two.
+        assert!(check_planned_gpus(&planned, &[&a, &b, &c]).is_err());
+        // Nothing planned (device-plugin path, empty file): nothing to check.
+        assert_eq!(parse_gpu_uuids("").unwrap(), Vec::<String>::new());
+        assert_eq!(check_planned_gpus(&[], &[&c]), Ok(()));
+        assert!(parse_gpu_uuids("GPU-aa,0").is_err());
+        assert!(parse_gpu_uuids("GPU-\"x").is_err());
     }
 
     #[test]

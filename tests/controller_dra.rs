@@ -1,0 +1,360 @@
+//! The controller's writes on the DRA path (exact GPUs through ResourceClaims), request by
+//! request, against kube-rs's tower-test mock: the claim is created before the pod is released,
+//! goes with its pod, and a claim of the name that the deployment does not own is never
+//! touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use serde_json::{Value, json};
+use vllm_operator::api::{GpuNode, VllmDeployment};
+use vllm_operator::controller::claim::resource_claim;
+use vllm_operator::controller::context::{Context, GpuAllocation, Settings, Stores};
+use vllm_operator::controller::metrics::Metrics;
+use vllm_operator::controller::pod::{PodGpus, gated_pod, spec_hash};
+use vllm_operator::controller::reconcile::reconcile;
+use vllm_operator::controller::runner::{DraApi, probe_dra};
+use vllm_operator::model::hub::HubClient;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Send = tower_test::mock::SendResponse<Response<Body>>;
+
+const LAUNCHER: &str = "ghcr.io/vllm-operator/vllm-node-agent:0.1.0";
+const CLAIMS: &str = "/apis/resource.k8s.io/v1/namespaces/serving/resourceclaims";
+const GPU: &str = "GPU-a100-0000";
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/controller/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn deployment() -> VllmDeployment {
+    let mut d: VllmDeployment = serde_norway::from_str(&fixture("deployment.yaml")).unwrap();
+    d.metadata.uid = Some("dep-uid".into());
+    d
+}
+
+fn fleet() -> (Vec<GpuNode>, Vec<Node>) {
+    let list: Value = serde_norway::from_str(&fixture("fleet.yaml")).unwrap();
+    let items = list["items"].as_array().unwrap();
+    let of = |kind: &str| {
+        items
+            .iter()
+            .filter(|i| i["kind"] == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    (
+        serde_json::from_value(Value::Array(of("GpuNode"))).unwrap(),
+        serde_json::from_value(Value::Array(of("Node"))).unwrap(),
+    )
+}
+
+/// The NVIDIA driver's slice for the fixture node: its one A100 as `gpu-0`, as the driver
+/// publishes it (NVIDIA/k8s-dra-driver-gpu v25.8.1 `cmd/gpu-kubelet-plugin/deviceinfo.go`).
+fn slice() -> ResourceSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "a100-a-gpu.nvidia.com-x7k2p", "resourceVersion": "11"},
+        "spec": {
+            "driver": "gpu.nvidia.com", "nodeName": "a100-a",
+            "pool": {"name": "a100-a", "generation": 1, "resourceSliceCount": 1},
+            "devices": [{"name": "gpu-0", "attributes": {
+                "type": {"string": "gpu"}, "uuid": {"string": GPU},
+                "productName": {"string": "NVIDIA A100-SXM4-80GB"}},
+                "capacity": {"memory": {"value": "80Gi"}}}]
+        }
+    }))
+    .unwrap()
+}
+
+fn now() -> Timestamp {
+    "2026-11-26T12:00:10Z".parse().unwrap()
+}
+
+fn context(client: kube::Client, pods: Vec<Pod>, claims: Vec<ResourceClaim>) -> Arc<Context> {
+    let (gpunodes, nodes) = fleet();
+    let stores = Stores::from_objects(vec![deployment()], gpunodes, nodes, pods)
+        .with_dra(vec![slice()], claims);
+    let settings = Settings {
+        launcher_image: LAUNCHER.into(),
+        stale_after: Duration::from_secs(90),
+        reservation_timeout: Duration::from_secs(300),
+        gpu_allocation: GpuAllocation::Auto,
+    };
+    let mut ctx = Context::new(
+        client,
+        stores,
+        settings,
+        Arc::new(Metrics::default()),
+        HubClient::default(),
+    );
+    ctx.clock = now;
+    Arc::new(ctx)
+}
+
+fn mock() -> (kube::Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+async fn next(handle: &mut Handle) -> (http::Method, String, Value, Send) {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (method, uri, body, send)
+}
+
+fn respond(send: Send, code: u16, body: &Value) {
+    let resp = Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    send.send_response(resp);
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+           "code": code, "message": message})
+}
+
+fn pod_name() -> String {
+    format!("llama-1b-0-{}", spec_hash(&deployment().spec))
+}
+
+/// A pod created for a claim, as the cache holds it.
+fn claim_pod() -> Pod {
+    let d = deployment();
+    let mut pod = gated_pod(&d, 0, &spec_hash(&d.spec), PodGpus::Claim, LAUNCHER, None).unwrap();
+    pod.metadata.uid = Some("pod-uid".into());
+    pod.metadata.resource_version = Some("7".into());
+    pod
+}
+
+/// The deployment's claim for `pod` on the fixture GPU, as the cache holds it.
+fn our_claim(pod: &str) -> ResourceClaim {
+    let d = deployment();
+    let mut c = resource_claim(&d, pod, 0, &spec_hash(&d.spec), &[GPU.to_string()]).unwrap();
+    c.metadata.uid = Some(format!("claim-uid-{pod}"));
+    c
+}
+
+async fn expect_service_and_status(handle: &mut Handle) -> Value {
+    let (method, uri, body, send) = next(handle).await;
+    assert_eq!(method, http::Method::PATCH);
+    assert!(
+        uri.starts_with("/api/v1/namespaces/serving/services/llama-1b?"),
+        "{uri}"
+    );
+    respond(send, 200, &body);
+    let (method, uri, body, send) = next(handle).await;
+    assert_eq!(method, http::Method::PATCH);
+    assert!(uri.contains("/vllmdeployments/llama-1b/status?"), "{uri}");
+    let mut echo = serde_json::to_value(deployment()).unwrap();
+    echo["status"] = body["status"].clone();
+    respond(send, 200, &echo);
+    body
+}
+
+#[tokio::test]
+async fn scenario_a_failed_claim_pod_is_deleted_with_its_claim() {
+    let mut failed = claim_pod();
+    failed.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+    failed.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": "vllm", "ready": false, "restartCount": 0, "image": "vllm", "imageID": "",
+                "state": {"terminated": {"exitCode": 75, "message":
+                    "vllm-operator: insufficient-gpu-memory: GPU 0 (GPU-a100-0000) needs 9 bytes free (0.00 GiB), has 1 bytes free (0.00 GiB)"}}
+            }]
+        }))
+        .unwrap(),
+    );
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![failed], vec![our_claim(&pod_name())]);
+    let server = tokio::spawn(async move {
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            format!("/api/v1/namespaces/serving/pods/{}?", pod_name())
+        );
+        assert_eq!(body["preconditions"]["uid"], "pod-uid");
+        respond(send, 200, &serde_json::to_value(claim_pod()).unwrap());
+        // Then its claim, by uid: a claim re-created under the name meanwhile stays.
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(uri, format!("{CLAIMS}/{}?", pod_name()));
+        assert_eq!(
+            body["preconditions"]["uid"],
+            format!("claim-uid-{}", pod_name())
+        );
+        respond(
+            send,
+            200,
+            &serde_json::to_value(our_claim(&pod_name())).unwrap(),
+        );
+        expect_service_and_status(&mut handle).await;
+        let (_, uri, body, send) = next(&mut handle).await;
+        assert!(uri.contains("/events"), "{uri}");
+        assert_eq!(body["reason"], "LauncherRefused");
+        respond(send, 201, &body);
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_a_claim_whose_pod_is_gone_is_deleted_and_another_owners_claim_is_not() {
+    // Replica 1's claim, left from when the deployment had two replicas (its pod is gone),
+    // and a claim of the same instance label that another owner holds.
+    let leftover = our_claim("llama-1b-1-0123456789");
+    let mut foreign = our_claim("llama-1b-2-0123456789");
+    foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "someone-else".into();
+    // Replica 0 serves (released, ready) with its own claim.
+    let mut serving = claim_pod();
+    serving.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+    serving.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]
+        }))
+        .unwrap(),
+    );
+    let (client, mut handle) = mock();
+    let ctx = context(
+        client,
+        vec![serving],
+        vec![our_claim(&pod_name()), leftover, foreign],
+    );
+    let server = tokio::spawn(async move {
+        let mut deleted = Vec::new();
+        loop {
+            let (method, uri, body, send) = next(&mut handle).await;
+            if method == http::Method::DELETE {
+                assert!(uri.starts_with(CLAIMS), "{uri}");
+                deleted.push((uri, body["preconditions"]["uid"].clone()));
+                respond(send, 200, &json!({}));
+                continue;
+            }
+            // Anything else (the release, the service, the status) is answered as applied.
+            let echo = if uri.contains("/status?") {
+                let mut echo = serde_json::to_value(deployment()).unwrap();
+                echo["status"] = body["status"].clone();
+                echo
+            } else if uri.starts_with(CLAIMS) {
+                body.clone()
+            } else if uri.contains("/pods/") {
+                serde_json::to_value(claim_pod()).unwrap()
+            } else {
+                body.clone()
+            };
+            let done = uri.contains("/status?");
+            respond(
+                send,
+                if method == http::Method::POST {
+                    201
+                } else {
+                    200
+                },
+                &echo,
+            );
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            deleted,
+            vec![(
+                format!("{CLAIMS}/llama-1b-1-0123456789?"),
+                json!("claim-uid-llama-1b-1-0123456789")
+            )]
+        );
+    });
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_an_api_server_without_resource_k8s_io_v1_is_said_once_not_fatal() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (method, uri, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(uri, "/apis/resource.k8s.io/v1/resourceslices?&limit=1");
+        respond(
+            send,
+            404,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
+    });
+    let answer = probe_dra(&client).await;
+    assert_eq!(
+        answer,
+        DraApi::Unavailable(
+            "resource.k8s.io/v1 is not served (Kubernetes before 1.34, or DRA turned off)".into()
+        )
+    );
+    server.await.unwrap();
+
+    // 403: the chart's RBAC was changed; said as such.
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            403,
+            &status(
+                403,
+                "Forbidden",
+                "resourceslices.resource.k8s.io is forbidden",
+            ),
+        );
+    });
+    let DraApi::Unavailable(why) = probe_dra(&client).await else {
+        panic!("served")
+    };
+    assert!(why.contains("may not list resourceslices"), "{why}");
+    server.await.unwrap();
+
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+        );
+    });
+    assert_eq!(probe_dra(&client).await, DraApi::Served);
+    server.await.unwrap();
+}
