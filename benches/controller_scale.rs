@@ -262,6 +262,7 @@ fn main() {
                 family: VllmFamily::V0_11,
                 spec_hash: "a1b2c3d4".into(),
                 queued_behind: vec![],
+                gpu_allocation: Default::default(),
             };
             let s = Instant::now();
             let out = reconcile(&view, &views, &fleet, &mut ledger, &mut failures, t);

@@ -65,6 +65,7 @@ fn fleet(nodes: usize) -> Fleet {
                         },
                         allocated_to: holder,
                         mig_device: false,
+                        dra: None,
                     }
                 })
                 .collect();
@@ -107,6 +108,7 @@ fn bench(c: &mut Criterion) {
         spec: &spec,
         family: VllmFamily::V0_11,
         avoid: &[],
+        gpu_allocation: Default::default(),
     };
 
     let big = fleet(5_000);

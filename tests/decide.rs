@@ -128,6 +128,7 @@ impl Run {
             family: VllmFamily::V0_11,
             spec_hash: hash.into(),
             queued_behind: vec![],
+            gpu_allocation: Default::default(),
         };
         reconcile(
             &view,
@@ -299,7 +300,7 @@ fn a_launcher_refusal_replaces_the_pod_and_two_back_off_from_the_gpu() {
     else {
         panic!("{:?}", o.actions)
     };
-    assert_eq!(placement.gpus, [1]);
+    assert_eq!(placement.candidate_gpus, [1]);
     assert!(
         status
             .reason
@@ -395,6 +396,7 @@ fn a_deployment_queued_behind_an_older_one_does_not_plan() {
         family: VllmFamily::V0_11,
         spec_hash: "h".into(),
         queued_behind: vec!["ml/old".into()],
+        gpu_allocation: Default::default(),
     };
     let pods = [PodView {
         name: "young-0-h".into(),

@@ -256,13 +256,18 @@ fn plan_all(deployments: &[vllm_operator::api::VllmDeployment], gpunodes: &[GpuN
                 spec: &d.spec,
                 family: family_from_image(&d.spec.image),
                 avoid: &[],
+                gpu_allocation: Default::default(),
             };
             match plan_replica(&fleet, &ledger, &req) {
                 Decision::Placed(p) => {
                     let node = fleet.node(&p.node).expect("placed on a fleet node");
                     let u = p.fit.utilization();
                     assert!(u > 0.0 && u <= 1.0, "utilization {u}");
-                    for g in node.gpus.iter().filter(|g| p.gpus.contains(&g.index)) {
+                    for g in node
+                        .gpus
+                        .iter()
+                        .filter(|g| p.candidate_gpus.contains(&g.index))
+                    {
                         assert!(
                             p.fit.kv_cache_bytes <= g.total_bytes,
                             "KV cache {} on a GPU of {}",

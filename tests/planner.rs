@@ -106,6 +106,7 @@ fn mk_gpu(t: GpuType, index: u32, used_bytes: u64, allocated_to: Option<PodRef>)
         foreign_bytes,
         processes,
         mig_device: false,
+        dra: None,
     }
 }
 
@@ -152,6 +153,7 @@ fn request<'a>(
         spec,
         family,
         avoid: &[],
+        gpu_allocation: Default::default(),
     }
 }
 
@@ -587,7 +589,10 @@ fn check_sequence(fleet: &Fleet, deployments: &[DeploymentGen]) -> Result<(), Te
 
             // The candidate GPUs are exactly what the kubelet may hand out.
             let cands = candidates(node, &spec);
-            prop_assert_eq!(&p.gpus, &cands.iter().map(|g| g.index).collect::<Vec<_>>());
+            prop_assert_eq!(
+                &p.candidate_gpus,
+                &cands.iter().map(|g| g.index).collect::<Vec<_>>()
+            );
             let e = estimate(arch, &p.shape, &facts(cands[0])).unwrap();
             prop_assert_eq!(&p.estimate, &e);
             prop_assert_eq!(p.launch_plan.startup_overhead_bytes, outside(&e));
@@ -600,7 +605,7 @@ fn check_sequence(fleet: &Fleet, deployments: &[DeploymentGen]) -> Result<(), Te
                 .map(|i| p.command[i + 1].clone());
             prop_assert_eq!(flag, Some(format!("{u:.2}")));
 
-            for &i in &p.gpus {
+            for &i in &p.candidate_gpus {
                 let g = node.gpus.iter().find(|g| g.index == i).unwrap();
                 let less = if shared {
                     promised.get(&(p.node.clone(), i)).copied().unwrap_or(0)
@@ -651,7 +656,7 @@ fn check_sequence(fleet: &Fleet, deployments: &[DeploymentGen]) -> Result<(), Te
                 let bytes =
                     (g_total(node) as f64 * u).ceil() as u64 + p.launch_plan.startup_overhead_bytes;
                 *taken.bytes.entry(p.node.clone()).or_default() += bytes;
-                for &i in &p.gpus {
+                for &i in &p.candidate_gpus {
                     *promised.entry((p.node.clone(), i)).or_default() += bytes;
                 }
             } else {
@@ -756,14 +761,17 @@ fn classic_desktop_gpu_gets_a_utilization_that_passes_where_0_9_would_not() {
         (g.free_bytes - outside) * 100 / g.total_bytes
     );
     assert_eq!(p.fit.utilization_pct, 71, "{}", p.reason);
-    assert_eq!((p.node.as_str(), p.gpus.as_slice()), ("desktop", &[0][..]));
+    assert_eq!(
+        (p.node.as_str(), p.candidate_gpus.as_slice()),
+        ("desktop", &[0][..])
+    );
     assert!(
         p.command
             .ends_with(&["--gpu-memory-utilization".into(), "0.71".into()])
     );
     // A sentence a person reads: shape, node, GPUs, utilization, KV cache and weights.
     let words = format!(
-        "tp 1, no quantization, kv cache auto on desktop (GPUs [0]): utilization 0.71 leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
+        "tp 1, no quantization, kv cache auto on desktop (candidate GPUs [0]): utilization 0.71 leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         p.fit.kv_cache_bytes as f64 / GIB as f64,
         p.kv_cache_tokens,
         p.estimate.weights_bytes_per_gpu as f64 / GIB as f64,
@@ -1255,6 +1263,7 @@ fn settle_releases_on_report_timeout_and_node_gone() {
         node: node.into(),
         gpus: 1,
         shared_bytes: 0,
+        exact_gpus: Vec::new(),
         created_at: at,
     };
     ledger.reserve(r("seen", "h100-a", t0));

@@ -26,6 +26,7 @@ fn h100_node() -> Fleet {
             foreign_bytes: 0,
             processes: Vec::new(),
             mig_device: false,
+            dra: None,
         })
         .collect();
     Fleet {
@@ -69,6 +70,7 @@ fn plan(spec: &VllmDeploymentSpec, family: VllmFamily) -> Decision {
         spec,
         family,
         avoid: &[],
+        gpu_allocation: Default::default(),
     };
     plan_replica(&h100_node(), &Ledger::default(), &req)
 }

@@ -558,6 +558,7 @@ fn mk_gpu(index: u32, total: u64, reserved: u64, used: u64, cc: (u32, u32), prod
             Vec::new()
         },
         mig_device: false,
+        dra: None,
     }
 }
 
@@ -589,6 +590,7 @@ fn plan(fleet: &Fleet, arch: &Architecture, spec: &VllmDeploymentSpec) -> Decisi
         spec,
         family: family_from_image(&spec.image),
         avoid: &[],
+        gpu_allocation: Default::default(),
     };
     plan_replica(fleet, &Ledger::default(), &req)
 }

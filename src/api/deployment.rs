@@ -448,9 +448,15 @@ pub struct Placement {
     pub pod: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// GPU indices on the node the replica may receive (the kubelet picks among them).
+    /// The GPUs the replica runs on, by NVML UUID. Exact GPUs (DRA): the planned ones, from
+    /// release on. Device plugin: the ones the node agent reports allocated to the pod, once it
+    /// does (empty before: the kubelet picks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpus: Vec<u32>,
+    pub gpu_uuids: Vec<String>,
+    /// Device plugin only: GPU indices on the node the kubelet may hand the replica, a
+    /// candidate set, not an assignment (see `gpuUuids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidate_gpus: Vec<u32>,
     pub tensor_parallel_size: u32,
     pub quantization: Quantization,
     pub kv_cache_dtype: KvCacheDtype,

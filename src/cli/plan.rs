@@ -17,7 +17,9 @@ use crate::controller::decide::pod_name;
 use crate::controller::pod::spec_hash;
 use crate::model::resolve::resolve_local;
 use crate::model::{Architecture, VllmFamily, checkpoint};
-use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
+use crate::plan::{
+    Decision, Fleet, GpuAllocation, Ledger, Placement, Request, plan_replica, reservation_for,
+};
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
@@ -90,7 +92,8 @@ pub fn offline_architecture(d: &VllmDeployment) -> Result<Architecture, String> 
 pub fn placement_json(p: &Placement) -> serde_json::Value {
     json!({
         "node": p.node,
-        "gpus": p.gpus,
+        "gpu_uuids": p.exact_gpus.iter().map(|g| g.uuid.as_str()).collect::<Vec<_>>(),
+        "candidate_gpus": p.candidate_gpus,
         "tensor_parallel_size": p.shape.tensor_parallel_size,
         "quantization": p.shape.quantization,
         "kv_cache_dtype": p.shape.kv_cache_dtype,
@@ -141,6 +144,16 @@ pub fn plan_deployments(
     fleet: &Fleet,
     now: Timestamp,
 ) -> Vec<DeploymentPlan> {
+    plan_deployments_with(deployments, fleet, now, GpuAllocation::default())
+}
+
+/// As [`plan_deployments`], with GPUs allocated as `gpu_allocation` says.
+pub fn plan_deployments_with(
+    deployments: &[VllmDeployment],
+    fleet: &Fleet,
+    now: Timestamp,
+    gpu_allocation: GpuAllocation,
+) -> Vec<DeploymentPlan> {
     let mut ledger = Ledger::default();
     let mut results = Vec::new();
     for d in deployments {
@@ -166,6 +179,7 @@ pub fn plan_deployments(
                         spec: &d.spec,
                         family,
                         avoid: &[],
+                        gpu_allocation,
                     };
                     match plan_replica(fleet, &ledger, &req) {
                         Decision::Placed(p) => {
@@ -268,7 +282,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                         out,
                         "  replica {i}: {:<14} GPUs {:<12} tp {} quant {:<5} kv {:<5} util {:.2}  KV {} tokens",
                         p.node,
-                        format!("{:?}", p.gpus),
+                        crate::plan::gpu_words(p),
                         p.shape.tensor_parallel_size,
                         p.shape.quantization.to_string(),
                         p.shape.kv_cache_dtype.to_string(),

@@ -130,6 +130,16 @@ pub fn report_json(r: &SimReport) -> serde_json::Value {
     })
 }
 
+/// The GPUs a replica runs on as its status says: UUIDs (exact, or as the agent reports the
+/// pod once it runs); `-` while unknown (device plugin, pod not running yet).
+pub fn status_gpu_words(p: &crate::api::Placement) -> String {
+    if p.gpu_uuids.is_empty() {
+        "-".to_string()
+    } else {
+        p.gpu_uuids.join(",")
+    }
+}
+
 /// The report as a person reads it.
 pub fn table(r: &SimReport) -> String {
     let mut out = String::new();
@@ -169,7 +179,7 @@ pub fn table(r: &SimReport) -> String {
                     "  {:<28} {:<14} GPUs {:<12} tp {} {:<5} kv {:<5} util {:.2}  {} KV tokens",
                     p.pod,
                     node,
-                    format!("{:?}", p.gpus),
+                    crate::cli::simulate::status_gpu_words(p),
                     p.tensor_parallel_size,
                     p.quantization.to_string(),
                     p.kv_cache_dtype.to_string(),

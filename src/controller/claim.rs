@@ -223,8 +223,11 @@ pub fn claimed_uuids(claim: &ResourceClaim) -> Option<Vec<String>> {
 /// The exact GPUs of a placement (the DRA path), by UUID in rank order; empty on the
 /// device-plugin path.
 pub fn placement_uuids(placement: &crate::plan::Placement) -> Vec<String> {
-    let _ = placement;
-    Vec::new()
+    placement
+        .exact_gpus
+        .iter()
+        .map(|g| g.uuid.clone())
+        .collect()
 }
 
 /// Whether `claim` is owned by the deployment with uid `uid`.

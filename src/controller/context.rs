@@ -142,17 +142,9 @@ impl Stores {
     }
 }
 
-/// Which GPUs the controller may place by exact device (`--gpu-allocation`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum GpuAllocation {
-    /// Exact GPUs through DRA where the NVIDIA driver publishes them, the device plugin elsewhere.
-    #[default]
-    Auto,
-    /// Exact GPUs through DRA only.
-    Dra,
-    /// The device plugin only; ResourceSlices are not read.
-    DevicePlugin,
-}
+/// Which GPUs the controller may place by exact device (`--gpu-allocation`): the planner's
+/// own setting, so that controller, `plan`, `simulate` and `render` decide alike.
+pub use crate::plan::GpuAllocation;
 
 /// Controller settings from the command line.
 #[derive(Clone, Debug)]
@@ -282,7 +274,7 @@ impl Context {
             Some(&seen),
         );
         if !slices.is_empty() {
-            let _ = &mut fleet; // DRA-PLAN-TODO fleet.attach_slices(slices.iter().map(|s| s.as_ref()));
+            fleet.attach_slices(slices.iter().map(|s| s.as_ref()));
         }
         let fleet = Arc::new(fleet);
         *cache = Some((std::time::Instant::now(), versions, fleet.clone()));

@@ -12,7 +12,9 @@ use super::failures::{FailureBook, FailureKind, classify_failure};
 use crate::api::{self, PodRef, Sharing, VllmDeploymentSpec, VllmDeploymentStatus};
 use crate::model::{Architecture, VllmFamily};
 use crate::plan::args::{Release, user_memory};
-use crate::plan::{Decision, Fleet, Ledger, Placement, Request, plan_replica, reservation_for};
+use crate::plan::{
+    Decision, Fleet, GpuAllocation, Ledger, Placement, Request, plan_replica, reservation_for,
+};
 use crate::profile;
 
 /// What the controller knows about one of the deployment's pods.
@@ -81,6 +83,8 @@ pub struct DeploymentView<'a> {
     pub spec_hash: String,
     /// Older deployments still waiting for GPU memory: this one waits behind them.
     pub queued_behind: Vec<String>,
+    /// Exact GPUs through DRA or GPUs by count (the controller's flag, `--gpu-allocation`).
+    pub gpu_allocation: GpuAllocation,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -124,12 +128,25 @@ pub fn pod_name(deployment: &str, replica: u32, spec_hash: &str) -> String {
     format!("{deployment}-{replica}-{spec_hash}")
 }
 
+/// The UUIDs of the GPUs the node agent reports allocated to `pod` on `node`, in index order.
+pub fn reported_gpus(fleet: &Fleet, node: Option<&str>, pod: &PodRef) -> Vec<String> {
+    let Some(n) = node.and_then(|n| fleet.node(n)) else {
+        return Vec::new();
+    };
+    n.gpus
+        .iter()
+        .filter(|g| g.allocated_to.as_ref() == Some(pod))
+        .map(|g| g.uuid.clone())
+        .collect()
+}
+
 /// The status entry (and pod annotation) of a pod released to `p`.
 pub fn placement_status(pod: &str, p: &Placement, reason: String) -> api::Placement {
     api::Placement {
         pod: pod.to_string(),
         node: Some(p.node.clone()),
-        gpus: p.gpus.clone(),
+        gpu_uuids: p.exact_gpus.iter().map(|g| g.uuid.clone()).collect(),
+        candidate_gpus: p.candidate_gpus.clone(),
         tensor_parallel_size: p.shape.tensor_parallel_size,
         quantization: p.shape.quantization,
         kv_cache_dtype: p.shape.kv_cache_dtype,
@@ -204,7 +221,12 @@ fn planned_of(
     let gpu = node
         .gpus
         .iter()
-        .find(|g| pl.gpus.contains(&g.index))
+        .find(|g| pl.gpu_uuids.contains(&g.uuid))
+        .or_else(|| {
+            node.gpus
+                .iter()
+                .find(|g| pl.candidate_gpus.contains(&g.index))
+        })
         .or_else(|| node.gpus.first())?;
     let key = profile::ProfileKey {
         model: dep.spec.model.name.clone(),
@@ -365,10 +387,7 @@ pub fn reconcile(
                         let uuids = p
                             .placement
                             .as_ref()
-                            .map(|pl| {
-                                let _ = pl;
-                                Vec::<String>::new()
-                            }) // DRA-PLAN-TODO pl.gpu_uuids.clone()
+                            .map(|pl| pl.gpu_uuids.clone())
                             .unwrap_or_default();
                         if uuids.is_empty() {
                             failures.node_unusable(n, now);
@@ -543,6 +562,7 @@ pub fn reconcile(
                     spec: dep.spec,
                     family: dep.family,
                     avoid: &avoid,
+                    gpu_allocation: dep.gpu_allocation,
                 };
                 match plan_replica(fleet, ledger, &req) {
                     Decision::Placed(p) => {
@@ -627,6 +647,12 @@ pub fn reconcile(
                 if let Some(pl) = &cur.placement {
                     let mut pl = pl.clone();
                     pl.observed_non_kv_bytes = observed_non_kv.get(cur.name.as_str()).copied();
+                    if pl.gpu_uuids.is_empty() {
+                        // Device plugin: the GPUs are known once the agent maps the pod to
+                        // them (PodResources), not before.
+                        pl.gpu_uuids =
+                            reported_gpus(fleet, pl.node.as_deref(), &pod_ref(&cur.name));
+                    }
                     if let PodPhase::Stuck { reason, .. } = &cur.phase {
                         pl.reason = Some(format!("released but not starting: {reason}"));
                     }

@@ -358,6 +358,7 @@ fn decide_under_lock(
         family: family_from_image(&dep.spec.image),
         spec_hash,
         queued_behind,
+        gpu_allocation: ctx.settings.gpu_allocation,
     };
     let mut ledger = ctx.ledger.lock().map_err(|_| Error::Plan)?;
     let mut failures = ctx.failures.lock().map_err(|_| Error::Plan)?;
@@ -426,6 +427,7 @@ pub fn provisional_gpus(
         spec: dep.spec,
         family: dep.family,
         avoid,
+        gpu_allocation: dep.gpu_allocation,
     };
     match plan_replica(fleet, &ledger, &req) {
         Decision::Placed(p) => PodGpus::for_placement(&p),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{GpuNode, PodRef, Sharing};
@@ -26,6 +27,22 @@ pub struct Gpu {
     pub processes: Vec<(u32, u64, Option<PodRef>)>,
     /// A MIG slice: `nvidia.com/gpu` does not hand it out.
     pub mig_device: bool,
+    /// The device the NVIDIA DRA driver publishes for this GPU on this node, when it does
+    /// (see [`Fleet::attach_slices`]): a ResourceClaim can then ask for exactly this GPU.
+    pub dra: Option<DraDevice>,
+}
+
+/// The NVIDIA DRA driver's name: `DriverName = "gpu.nvidia.com"` in
+/// NVIDIA/k8s-dra-driver-gpu v0.4.0 `cmd/gpu-kubelet-plugin/main.go`.
+pub const NVIDIA_DRA_DRIVER: &str = "gpu.nvidia.com";
+
+/// A device as resource.k8s.io names it: the tuple (driver, pool, device) is its unique
+/// identifier (Kubernetes v1.34 `staging/src/k8s.io/api/resource/v1/types.go`, ResourceSlice).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DraDevice {
+    pub driver: String,
+    pub pool: String,
+    pub device: String,
 }
 
 /// One node of the fleet.
@@ -111,6 +128,23 @@ impl ReportsSeen {
     pub fn seen_at(&self, node: &str) -> Option<Timestamp> {
         self.seen.get(node).map(|(_, t)| *t)
     }
+}
+
+/// A string attribute of a device of the NVIDIA driver, by its name in the driver's domain,
+/// written with or without the domain.
+fn device_string_attribute<'d>(d: &'d Device, name: &str) -> Option<&'d str> {
+    let attrs = d.attributes.as_ref()?;
+    let value = attrs.get(name).or_else(|| {
+        attrs
+            .iter()
+            .find(|(k, _)| {
+                k.strip_prefix(NVIDIA_DRA_DRIVER)
+                    .and_then(|r| r.strip_prefix('/'))
+                    == Some(name)
+            })
+            .map(|(_, v)| v)
+    })?;
+    value.string.as_deref()
 }
 
 impl Fleet {
@@ -243,6 +277,7 @@ impl Fleet {
                                         .map(|p| (p.pid, p.used_bytes, p.pod.clone()))
                                         .collect(),
                                     mig_device: g.parent_uuid.is_some(),
+                                    dra: None,
                                 }
                             })
                             .collect()
@@ -284,6 +319,86 @@ impl Fleet {
     pub fn with_profiles(mut self, profiles: crate::profile::Profiles) -> Fleet {
         self.profiles = profiles;
         self
+    }
+
+    /// Match the devices the NVIDIA DRA driver publishes in ResourceSlices to the GPUs of the
+    /// agent reports, by UUID, and set [`Gpu::dra`] on those that match (and clear it on the
+    /// others). Pure: the controller passes its ResourceSlice store, `plan` and `simulate` the
+    /// slices of the fleet file.
+    ///
+    /// What is matched, and where each rule comes from:
+    /// - only slices of [`NVIDIA_DRA_DRIVER`] with `spec.nodeName` set: the driver's kubelet
+    ///   plugin publishes one pool per node, named after the node, through the kubelet plugin
+    ///   helper, which sets `nodeName` (NVIDIA/k8s-dra-driver-gpu v0.4.0
+    ///   `cmd/gpu-kubelet-plugin/driver.go`, `generateCombinedResourceSlices` /
+    ///   `generateSplitResourceSlices`: `Pools: {nodeName: {Slices: ...}}`, one slice per GPU,
+    ///   or one per GPU plus one of shared counters); the node must match the GpuNode's name;
+    /// - a pool may span several slices; only slices with the highest `spec.pool.generation` of
+    ///   their pool count ("A consumer must only use ResourceSlices with the highest generation
+    ///   number and ignore all others": Kubernetes v1.34
+    ///   `staging/src/k8s.io/api/resource/v1/types.go`, ResourceSlice and
+    ///   ResourcePool.generation). A pool still being rewritten (fewer slices of the newest
+    ///   generation than `resourceSliceCount`) contributes the devices it has: each is matched
+    ///   on its own, and a GPU not yet published stays on the device-plugin path;
+    /// - only full GPUs: the driver gives them attribute `type` = `"gpu"` and `uuid` = the NVML
+    ///   UUID, and names them `gpu-<minor>` (v0.4.0 `cmd/gpu-kubelet-plugin/deviceinfo.go`,
+    ///   `GpuInfo.Attributes`, `CanonicalName`; `types.go` `GpuDeviceType = "gpu"`). MIG devices
+    ///   (`type` `"mig"`) are not matched: MIG stays on the old path;
+    /// - an attribute name without a domain is in the driver's domain (types.go,
+    ///   QualifiedName), so `uuid` and `gpu.nvidia.com/uuid` are the same attribute.
+    pub fn attach_slices<'a>(&mut self, slices: impl Iterator<Item = &'a ResourceSlice>) {
+        // Newest generation per pool, and the slices of the driver on some node.
+        let mut ours: Vec<(&'a str, &'a ResourceSlice)> = Vec::new();
+        let mut newest: HashMap<&'a str, i64> = HashMap::new();
+        for s in slices {
+            if s.spec.driver != NVIDIA_DRA_DRIVER {
+                continue;
+            }
+            let Some(node) = s.spec.node_name.as_deref() else {
+                continue;
+            };
+            let g = newest.entry(s.spec.pool.name.as_str()).or_insert(i64::MIN);
+            *g = (*g).max(s.spec.pool.generation);
+            ours.push((node, s));
+        }
+        // (node, uuid) -> (pool, device name), newest generation only.
+        let mut published: HashMap<(&'a str, &'a str), (&'a str, &'a str)> = HashMap::new();
+        for (node, s) in ours {
+            let pool = s.spec.pool.name.as_str();
+            if newest.get(pool) != Some(&s.spec.pool.generation) {
+                continue;
+            }
+            for d in s.spec.devices.iter().flatten() {
+                if device_string_attribute(d, "type") != Some("gpu") {
+                    continue;
+                }
+                if let Some(uuid) = device_string_attribute(d, "uuid") {
+                    published.insert((node, uuid), (pool, d.name.as_str()));
+                }
+            }
+        }
+        for n in &mut self.nodes {
+            for g in &mut n.gpus {
+                g.dra = if g.mig_device {
+                    None
+                } else {
+                    published
+                        .get(&(n.name.as_str(), g.uuid.as_str()))
+                        .map(|(pool, device)| DraDevice {
+                            driver: NVIDIA_DRA_DRIVER.to_string(),
+                            pool: pool.to_string(),
+                            device: device.to_string(),
+                        })
+                };
+            }
+        }
+    }
+
+    /// Whether any GPU of the fleet is published by the DRA driver.
+    pub fn has_dra(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.gpus.iter().any(|g| g.dra.is_some()))
     }
 
     pub fn node(&self, name: &str) -> Option<&FleetNode> {
@@ -373,6 +488,7 @@ mod tests {
             node: "gpu-a".into(),
             gpus: 1,
             shared_bytes: 0,
+            exact_gpus: Vec::new(),
             created_at: at(0),
         });
         // Ten seconds later the agent, whose clock is an hour behind, shows the pod on its GPU.
@@ -430,6 +546,96 @@ mod tests {
         assert_eq!(fleet.nodes[0].sharing, Sharing::Shared);
         let alone = Fleet::from_objects(&[g], &[], t0, STALE_AFTER);
         assert_eq!(alone.nodes[0].sharing, Sharing::Exclusive);
+    }
+
+    /// A ResourceSlice as the NVIDIA driver publishes it: `gpu-<minor>` devices with `type` and
+    /// `uuid` attributes, in the pool named after the node.
+    fn slice(
+        node: &str,
+        pool: &str,
+        generation: i64,
+        devices: &[(&str, &str, &str)],
+    ) -> ResourceSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"name": format!("{node}-{generation}-{}", devices.len())},
+            "spec": {
+                "driver": NVIDIA_DRA_DRIVER,
+                "nodeName": node,
+                "pool": {"name": pool, "generation": generation, "resourceSliceCount": 2},
+                "devices": devices.iter().map(|(name, type_, uuid)| serde_json::json!({
+                    "name": name,
+                    "attributes": {"type": {"string": type_}, "uuid": {"string": uuid}},
+                })).collect::<Vec<_>>(),
+            }
+        }))
+        .unwrap()
+    }
+
+    fn two_gpus(t0: Timestamp) -> Fleet {
+        use crate::api::GpuInfo;
+        let mut g = report(t0);
+        g.status.as_mut().unwrap().gpus = (0..3)
+            .map(|i| GpuInfo {
+                index: i,
+                uuid: format!("GPU-{i}"),
+                parent_uuid: (i == 2).then(|| "GPU-0".to_string()),
+                ..Default::default()
+            })
+            .collect();
+        Fleet::from_objects(&[g], &[], t0, STALE_AFTER)
+    }
+
+    #[test]
+    fn slices_attach_by_uuid_on_the_same_node_newest_generation_only() {
+        let t0: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let mut fleet = two_gpus(t0);
+        let dev = |d: &str| DraDevice {
+            driver: NVIDIA_DRA_DRIVER.into(),
+            pool: "gpu-a".into(),
+            device: d.into(),
+        };
+        // A pool of two slices at generation 2, plus a stale slice of generation 1 that still
+        // lists GPU-1 under another name, a slice of another node listing GPU-1, another
+        // driver, and a MIG device carrying the MIG GPU's UUID.
+        let mut other_driver = slice("gpu-a", "x", 9, &[("gpu-1", "gpu", "GPU-1")]);
+        other_driver.spec.driver = "example.com".into();
+        let slices = [
+            slice("gpu-a", "gpu-a", 2, &[("gpu-0", "gpu", "GPU-0")]),
+            slice("gpu-a", "gpu-a", 1, &[("gpu-7", "gpu", "GPU-1")]),
+            slice("gpu-a", "gpu-a", 2, &[("gpu-0-mig-1", "mig", "GPU-2")]),
+            slice("gpu-b", "gpu-b", 5, &[("gpu-1", "gpu", "GPU-1")]),
+            other_driver,
+        ];
+        fleet.attach_slices(slices.iter());
+        let dra: Vec<_> = fleet.nodes[0].gpus.iter().map(|g| g.dra.clone()).collect();
+        assert_eq!(dra, [Some(dev("gpu-0")), None, None]);
+        assert!(fleet.has_dra());
+
+        // The pool moves to generation 3 with GPU-1 published: generation 2 no longer counts.
+        let newer = [
+            slice("gpu-a", "gpu-a", 2, &[("gpu-0", "gpu", "GPU-0")]),
+            slice("gpu-a", "gpu-a", 3, &[("gpu-1", "gpu", "GPU-1")]),
+        ];
+        fleet.attach_slices(newer.iter());
+        let dra: Vec<_> = fleet.nodes[0].gpus.iter().map(|g| g.dra.clone()).collect();
+        assert_eq!(dra, [None, Some(dev("gpu-1")), None]);
+
+        // The fully qualified attribute name is the same attribute.
+        let mut qualified = slice("gpu-a", "gpu-a", 1, &[]);
+        qualified.spec.devices = serde_json::from_value(serde_json::json!([{
+            "name": "gpu-0",
+            "attributes": {
+                "gpu.nvidia.com/type": {"string": "gpu"},
+                "gpu.nvidia.com/uuid": {"string": "GPU-0"},
+            },
+        }]))
+        .unwrap();
+        fleet.attach_slices(std::iter::once(&qualified));
+        assert_eq!(fleet.nodes[0].gpus[0].dra, Some(dev("gpu-0")));
+        fleet.attach_slices(std::iter::empty());
+        assert!(!fleet.has_dra());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Reservation {
     pub gpus: u32,
     /// Shared sharing: bytes that may land on any of the node's GPUs.
     pub shared_bytes: u64,
+    /// DRA path: the UUIDs of the exact GPUs booked (`gpus` of them). No other replica is
+    /// planned on them until the reservation ends, by the same rules as the others.
+    pub exact_gpus: Vec<String>,
     pub created_at: Timestamp,
 }
 

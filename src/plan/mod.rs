@@ -17,10 +17,53 @@ use crate::model::checkpoint;
 use crate::model::{Architecture, Estimate, GpuFacts, InvalidShape, Shape, VllmFamily, estimate};
 use crate::profile::{self, Profiles};
 use args::{Release, ServeFlags, serve_command, user_memory};
-pub use fleet::{Fleet, ReportsSeen};
+pub use fleet::{DraDevice, Fleet, ReportsSeen};
 use fleet::{FleetNode, Gpu};
 pub use ledger::{Ledger, Released, Reservation};
 use reasons::Rejections;
+
+/// How replicas get their GPUs: by exact device through Dynamic Resource Allocation (a
+/// ResourceClaim naming the GPU's UUID), or by count through the device plugin
+/// (`nvidia.com/gpu`, the kubelet picks which). The controller's flag and the CLI's
+/// `--gpu-allocation` pass the same value to the planner.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuAllocation {
+    /// Exact GPUs on a node where every GPU the replica may use is published by the NVIDIA DRA
+    /// driver; the device plugin elsewhere.
+    #[default]
+    Auto,
+    /// Exact GPUs only: nodes without published GPUs are refused, with a reason.
+    Dra,
+    /// Never exact: the device plugin everywhere (as before DRA).
+    DevicePlugin,
+}
+
+impl GpuAllocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuAllocation::Auto => "auto",
+            GpuAllocation::Dra => "dra",
+            GpuAllocation::DevicePlugin => "device-plugin",
+        }
+    }
+}
+
+impl std::fmt::Display for GpuAllocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Everything about one replica that the planner needs.
 #[derive(Clone, Debug)]
@@ -32,14 +75,32 @@ pub struct Request<'a> {
     /// `(node, gpu uuid)` pairs to avoid, e.g. after repeated startup failures there; a uuid of
     /// `"*"` avoids every GPU of the node.
     pub avoid: &'a [(String, String)],
+    /// Exact GPUs through DRA, or GPUs by count through the device plugin.
+    pub gpu_allocation: GpuAllocation,
+}
+
+/// One GPU a replica is pinned to through DRA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExactGpu {
+    /// The GPU's index in the agent's report.
+    pub index: u32,
+    /// The NVML UUID, which the ResourceClaim's selector and the launcher's check use.
+    pub uuid: String,
+    /// The device the NVIDIA DRA driver publishes for it.
+    pub device: DraDevice,
 }
 
 /// A replica's placement: where, which shape, which utilization, and the vLLM command.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Placement {
     pub node: String,
-    /// GPU indices the kubelet may hand the replica (it picks `tensor_parallel_size` of them).
-    pub gpus: Vec<u32>,
+    /// Device-plugin path: the GPU indices the kubelet may hand the replica (it picks
+    /// `tensor_parallel_size` of them), a candidate set, not an assignment. Empty on the DRA
+    /// path, where `exact_gpus` says which GPUs the replica gets.
+    pub candidate_gpus: Vec<u32>,
+    /// DRA path: exactly the `tensor_parallel_size` GPUs the replica runs on. Empty on the
+    /// device-plugin path.
+    pub exact_gpus: Vec<ExactGpu>,
     pub shape: Shape,
     pub fit: Fit,
     pub kv_cache_tokens: u64,
@@ -498,7 +559,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
 }
 
 fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Placement {
-    let gpus: Vec<u32> = nf.usable.iter().map(|g| g.index).collect();
+    let candidate_gpus: Vec<u32> = nf.usable.iter().map(|g| g.index).collect();
     let per_block = nf.estimate.bytes_per_block().max(1);
     let kv_cache_tokens = nf.fit.kv_cache_bytes / per_block * nf.estimate.block_size;
     let flags = ServeFlags {
@@ -515,10 +576,10 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     replaced_args.append(&mut replaced_revision);
     command.extend(args::model_flags(&req.spec.model, &user, release));
     let reason = format!(
-        "{} on {} (GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
+        "{} on {} (candidate GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         shape_words(&shape),
         node.name,
-        gpus,
+        candidate_gpus,
         nf.fit.utilization(),
         gib(nf.fit.kv_cache_bytes),
         kv_cache_tokens,
@@ -526,7 +587,8 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     );
     Placement {
         node: node.name.clone(),
-        gpus,
+        candidate_gpus,
+        exact_gpus: Vec::new(),
         shape,
         fit: nf.fit,
         kv_cache_tokens,
@@ -536,6 +598,23 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
         replaced_args,
         reason,
     }
+}
+
+/// The GPUs of a placement as `plan` prints them: the exact UUIDs on the DRA path; on the
+/// device-plugin path how many the kubelet picks among which indices (not an assignment).
+pub fn gpu_words(p: &Placement) -> String {
+    if !p.exact_gpus.is_empty() {
+        return p
+            .exact_gpus
+            .iter()
+            .map(|g| g.uuid.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    format!(
+        "kubelet picks {} of {:?}",
+        p.shape.tensor_parallel_size, p.candidate_gpus
+    )
 }
 
 /// `tp 4, no quantization, kv auto`.
@@ -574,6 +653,7 @@ pub fn reservation_for(
         } else {
             0
         },
+        exact_gpus: p.exact_gpus.iter().map(|g| g.uuid.clone()).collect(),
         created_at: now,
     }
 }

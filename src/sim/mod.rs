@@ -59,6 +59,10 @@ pub struct SimConfig {
     pub step_seconds: i64,
     pub stale_after: Duration,
     pub reservation_timeout: Duration,
+    /// ResourceSlices from the fleet file: GPUs the NVIDIA DRA driver publishes.
+    pub slices: Vec<k8s_openapi::api::resource::v1::ResourceSlice>,
+    /// Exact GPUs through DRA or GPUs by count, as the controller's flag says.
+    pub gpu_allocation: crate::plan::GpuAllocation,
 }
 
 impl Default for SimConfig {
@@ -69,6 +73,8 @@ impl Default for SimConfig {
             step_seconds: 10,
             stale_after: Duration::from_secs(120),
             reservation_timeout: Duration::from_secs(300),
+            slices: Vec::new(),
+            gpu_allocation: crate::plan::GpuAllocation::default(),
         }
     }
 }
@@ -150,7 +156,8 @@ pub fn run(
             changed = true;
         }
         let gpunodes = world.reports(now);
-        let fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after);
+        let mut fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after);
+        fleet.attach_slices(cfg.slices.iter());
         ledger.settle(&fleet, now, cfg.reservation_timeout);
         failures.forget_old(now);
 
@@ -177,6 +184,7 @@ pub fn run(
                 family: crate::cli::plan::family_from_image(&d.object.spec.image),
                 spec_hash: "sim".into(),
                 queued_behind,
+                gpu_allocation: cfg.gpu_allocation,
             };
             let pods = world.pod_views(&namespace, &name);
             let mut outcome =
