@@ -13,7 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::DeserializeGuard;
 use serde_json::{Value, json};
-use vllm_operator::api::{GpuNode, VllmDeployment};
+use vllm_operator::api::{GpuNode, PodRef, VllmDeployment};
+use vllm_operator::controller::apply::{Step, release_patch, run_steps};
 use vllm_operator::controller::claim::resource_claim;
 use vllm_operator::controller::context::{Context, GpuAllocation, Settings, Stores};
 use vllm_operator::controller::metrics::Metrics;
@@ -21,6 +22,7 @@ use vllm_operator::controller::pod::{PodGpus, gated_pod, spec_hash};
 use vllm_operator::controller::reconcile::reconcile;
 use vllm_operator::controller::runner::{DraApi, probe_dra};
 use vllm_operator::model::hub::HubClient;
+use vllm_operator::plan::Reservation;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Send = tower_test::mock::SendResponse<Response<Body>>;
@@ -357,4 +359,195 @@ async fn scenario_an_api_server_without_resource_k8s_io_v1_is_said_once_not_fata
     });
     assert_eq!(probe_dra(&client).await, DraApi::Served);
     server.await.unwrap();
+}
+
+/// The release step of the cached claim pod, with its claim on `uuids`: what `apply::steps`
+/// builds for a placement on exact GPUs (the claim first, then the JSON patch of the pod).
+fn release_step(uuids: &[&str]) -> Step {
+    let current = claim_pod();
+    let mut released = current.clone();
+    released.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+    let patch = release_patch(&current, &released).unwrap();
+    let d = deployment();
+    let uuids: Vec<String> = uuids.iter().map(|u| u.to_string()).collect();
+    let claim = resource_claim(&d, &pod_name(), 0, &spec_hash(&d.spec), &uuids).unwrap();
+    Step::Release {
+        pod: Box::new(released),
+        patch,
+        claim: Some(Box::new(claim)),
+    }
+}
+
+fn reserve(ctx: &Context) {
+    ctx.ledger.lock().unwrap().reserve(Reservation {
+        pod: PodRef {
+            namespace: "serving".into(),
+            name: pod_name(),
+        },
+        node: "a100-a".into(),
+        gpus: 1,
+        shared_bytes: 0,
+        created_at: now(),
+    });
+}
+
+fn reserved(ctx: &Context) -> bool {
+    ctx.ledger
+        .lock()
+        .unwrap()
+        .get(&PodRef {
+            namespace: "serving".into(),
+            name: pod_name(),
+        })
+        .is_some()
+}
+
+#[tokio::test]
+async fn scenario_the_claim_is_created_before_the_pod_is_released() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![claim_pod()], vec![]);
+    let server = tokio::spawn(async move {
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::POST);
+        assert_eq!(uri, format!("{CLAIMS}?&fieldManager=vllm-operator"));
+        assert_eq!(body["apiVersion"], "resource.k8s.io/v1");
+        assert_eq!(body["kind"], "ResourceClaim");
+        assert_eq!(body["metadata"]["name"], pod_name());
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "dep-uid");
+        assert_eq!(
+            body["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]["cel"]["expression"],
+            format!("device.attributes[\"gpu.nvidia.com\"].uuid == \"{GPU}\"")
+        );
+        respond(send, 201, &body);
+        let (method, uri, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert_eq!(
+            uri,
+            format!(
+                "/api/v1/namespaces/serving/pods/{}?&fieldManager=vllm-operator",
+                pod_name()
+            )
+        );
+        respond(send, 200, &serde_json::to_value(claim_pod()).unwrap());
+    });
+    let problems = run_steps(&ctx, &deployment(), vec![release_step(&[GPU])])
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_a_claim_of_the_name_another_owner_holds_keeps_the_pod_gated() {
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![claim_pod()], vec![]);
+    reserve(&ctx);
+    let server = tokio::spawn(async move {
+        let (method, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::POST);
+        respond(
+            send,
+            409,
+            &status(
+                409,
+                "AlreadyExists",
+                "resourceclaims.resource.k8s.io \"x\" already exists",
+            ),
+        );
+        let (method, uri, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(uri, format!("{CLAIMS}/{}", pod_name()));
+        let mut theirs = our_claim(&pod_name());
+        theirs.metadata.owner_references = None;
+        respond(send, 200, &serde_json::to_value(theirs).unwrap());
+        // No delete, no release: the mock sees nothing more.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+                .await
+                .is_err(),
+            "nothing after the read"
+        );
+    });
+    let problems = run_steps(&ctx, &deployment(), vec![release_step(&[GPU])])
+        .await
+        .unwrap();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].reason, "ClaimConflict");
+    assert_eq!(problems[0].pod, pod_name());
+    assert!(
+        !reserved(&ctx),
+        "a pod that stays gated holds no reservation"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scenario_our_stale_claim_is_deleted_by_uid_and_our_same_claim_reused() {
+    // Ours, on another GPU (an earlier placement): deleted with its uid, pod stays gated.
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![claim_pod()], vec![]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(send, 409, &status(409, "AlreadyExists", "already exists"));
+        let (_, _, _, send) = next(&mut handle).await;
+        let d = deployment();
+        let mut stale =
+            resource_claim(&d, &pod_name(), 0, &spec_hash(&d.spec), &["GPU-01d".into()]).unwrap();
+        stale.metadata.uid = Some("stale-uid".into());
+        respond(send, 200, &serde_json::to_value(stale).unwrap());
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(uri, format!("{CLAIMS}/{}?", pod_name()));
+        assert_eq!(body["preconditions"]["uid"], "stale-uid");
+        respond(send, 200, &json!({}));
+    });
+    let problems = run_steps(&ctx, &deployment(), vec![release_step(&[GPU])])
+        .await
+        .unwrap();
+    assert_eq!(problems[0].reason, "ClaimPending");
+    server.await.unwrap();
+
+    // Ours, same GPU (a release that failed after its claim went in): reused, pod released.
+    let (client, mut handle) = mock();
+    let ctx = context(client, vec![claim_pod()], vec![]);
+    let server = tokio::spawn(async move {
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(send, 409, &status(409, "AlreadyExists", "already exists"));
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            200,
+            &serde_json::to_value(our_claim(&pod_name())).unwrap(),
+        );
+        let (method, uri, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(uri.contains("/pods/"), "{uri}");
+        respond(send, 200, &serde_json::to_value(claim_pod()).unwrap());
+    });
+    let problems = run_steps(&ctx, &deployment(), vec![release_step(&[GPU])])
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    server.await.unwrap();
+
+    // 403 and 422 are conditions, not errors: the pod stays gated.
+    for (code, reason) in [(403, "ClaimForbidden"), (422, "ClaimInvalid")] {
+        let (client, mut handle) = mock();
+        let ctx = context(client, vec![claim_pod()], vec![]);
+        let server = tokio::spawn(async move {
+            let (_, _, _, send) = next(&mut handle).await;
+            respond(send, code, &status(code, "X", "no"));
+        });
+        let problems = run_steps(&ctx, &deployment(), vec![release_step(&[GPU])])
+            .await
+            .unwrap();
+        assert_eq!(problems[0].reason, reason);
+        server.await.unwrap();
+    }
 }
