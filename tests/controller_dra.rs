@@ -387,6 +387,7 @@ fn reserve(ctx: &Context) {
         node: "a100-a".into(),
         gpus: 1,
         shared_bytes: 0,
+        exact_gpus: vec![GPU.into()],
         created_at: now(),
     });
 }

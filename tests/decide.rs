@@ -570,3 +570,60 @@ fn an_image_that_cannot_be_pulled_releases_the_reservation_after_the_timeout() {
     // An image problem is not the node's fault.
     assert!(run.failures.avoided(at(700)).is_empty());
 }
+
+#[test]
+fn a_claim_the_scheduler_cannot_allocate_avoids_its_gpus_not_the_node_after_the_timeout() {
+    let (s, a, f) = (spec(1), arch(), fleet(2, &[]));
+    let mut run = Run::new();
+    let o = run.decide(&s, Ok(&a), "h1", &[pod(0, "h1", PodPhase::Gated)], &f);
+    let Action::Release { status, .. } = &o.actions[0] else {
+        panic!("{:?}", o.actions)
+    };
+    // As released on the DRA path: the planned GPU is in the placement.
+    let mut placed = status.clone();
+    placed.gpu_uuids = vec!["GPU-00000000-0000-0000-0000-000000000000".into()];
+    let mut stuck = pod(
+        0,
+        "h1",
+        PodPhase::Stuck {
+            kind: StuckKind::ClaimUnallocatable,
+            reason: "the scheduler cannot allocate its planned GPUs: 0/1 nodes are available: 1 cannot allocate all claims".into(),
+        },
+    );
+    stuck.placement = Some(placed);
+    let at = |s: i64| now() + k8s_openapi::jiff::SignedDuration::from_secs(s);
+    let limit = STUCK_TIMEOUT.as_secs() as i64;
+    // Seen stuck at 0 s; it may still start until the timeout.
+    for t in [0, limit - 1] {
+        let o = run.decide_at(&s, Ok(&a), "h1", std::slice::from_ref(&stuck), &f, at(t));
+        assert!(o.actions.is_empty(), "at {t}s: {:?}", o.actions);
+    }
+    let o = run.decide_at(
+        &s,
+        Ok(&a),
+        "h1",
+        std::slice::from_ref(&stuck),
+        &f,
+        at(limit),
+    );
+    assert_eq!(deletes(&o), ["llm-0-h1"]);
+    let e = o
+        .events
+        .iter()
+        .find(|e| e.reason == "ClaimUnallocatable")
+        .unwrap();
+    assert!(
+        e.warning && e.message.contains("cannot allocate all claims"),
+        "{}",
+        e.message
+    );
+    assert!(run.ledger.is_empty(), "the reservation is released");
+    // Only the planned GPU is avoided; the node's other GPU stays a candidate.
+    assert_eq!(
+        run.failures.avoided(at(limit)),
+        [(
+            "node-a".to_string(),
+            "GPU-00000000-0000-0000-0000-000000000000".to_string()
+        )]
+    );
+}
