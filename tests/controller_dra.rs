@@ -20,7 +20,7 @@ use vllm_operator::controller::context::{Context, GpuAllocation, Settings, Store
 use vllm_operator::controller::metrics::Metrics;
 use vllm_operator::controller::pod::{PodGpus, gated_pod, spec_hash};
 use vllm_operator::controller::reconcile::reconcile;
-use vllm_operator::controller::runner::{DraApi, probe_dra};
+use vllm_operator::controller::runner::{DraApi, effective_settings, probe_dra};
 use vllm_operator::model::hub::HubClient;
 use vllm_operator::plan::Reservation;
 
@@ -551,4 +551,22 @@ async fn scenario_our_stale_claim_is_deleted_by_uid_and_our_same_claim_reused() 
         assert_eq!(problems[0].reason, reason);
         server.await.unwrap();
     }
+}
+
+#[test]
+fn without_the_dra_api_every_mode_runs_as_device_plugin() {
+    let settings = Settings {
+        launcher_image: LAUNCHER.into(),
+        stale_after: Duration::from_secs(90),
+        reservation_timeout: Duration::from_secs(300),
+        gpu_allocation: GpuAllocation::Dra,
+    };
+    assert_eq!(
+        effective_settings(&settings, false).gpu_allocation,
+        GpuAllocation::DevicePlugin
+    );
+    assert_eq!(
+        effective_settings(&settings, true).gpu_allocation,
+        GpuAllocation::Dra
+    );
 }

@@ -149,6 +149,17 @@ pub async fn probe_dra(client: &Client) -> DraApi {
     DraApi::Unavailable(format!("cannot list resourceslices: {last}"))
 }
 
+/// The settings the controller runs with: without `resource.k8s.io/v1` nothing can be placed
+/// by exact GPU, so every mode works as `device-plugin` (`dra` too: a controller that places
+/// nothing would be worse than one that falls back, and the start-up log says so).
+pub fn effective_settings(settings: &Settings, dra_api: bool) -> Settings {
+    let mut s = settings.clone();
+    if !dra_api {
+        s.gpu_allocation = GpuAllocation::DevicePlugin;
+    }
+    s
+}
+
 /// Deployments not fully admitted, oldest first: the ones a GpuNode change may unblock.
 pub fn not_admitted(store: &Store<Guarded>) -> Vec<ObjectRef<Guarded>> {
     let mut waiting: Vec<_> = store
@@ -300,7 +311,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             if cfg.settings.gpu_allocation == GpuAllocation::DevicePlugin {
                 info!(%why, "resource.k8s.io/v1 unavailable; GPUs come from the device plugin (--gpu-allocation=device-plugin)");
             } else {
-                warn!(%why, gpu_allocation = ?cfg.settings.gpu_allocation, "resource.k8s.io/v1 unavailable: exact GPUs through DRA are off, GPUs come from the device plugin");
+                warn!(%why, gpu_allocation = ?cfg.settings.gpu_allocation, "resource.k8s.io/v1 unavailable: exact GPUs through DRA are off, GPUs come from the device plugin until the controller restarts");
             }
             false
         }
@@ -371,7 +382,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         stores,
-        cfg.settings.clone(),
+        effective_settings(&cfg.settings, dra_api),
         metrics.clone(),
         cfg.hub.clone(),
     ));
