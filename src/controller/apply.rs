@@ -19,7 +19,7 @@ use super::context::{Context, Error};
 use super::decide::{Action, Event, carry_transition_times};
 use super::pod::{self, LABEL_REPLICA, PLACEMENT_GATE, PodGpus, gated_pod, pod_gpus, released_pod};
 use super::service::service;
-use crate::api::{PodRef, VllmDeployment, VllmDeploymentStatus};
+use crate::api::{MemoryProfile, PodRef, ProfileSource, VllmDeployment, VllmDeploymentStatus};
 
 pub const FIELD_MANAGER: &str = "vllm-operator";
 
@@ -681,6 +681,152 @@ pub async fn patch_status(
     .await
     .map_err(|source| Error::PatchStatus { name, source })?;
     Ok(())
+}
+
+/// Event reason when a profile's spec apply met another field manager's field.
+pub const REASON_PROFILE_CONFLICT: &str = "ProfileConflict";
+/// Event reason when a profile could not be written for another reason.
+pub const REASON_PROFILE_WRITE_FAILED: &str = "ProfileWriteFailed";
+/// Writes of one learned profile tried before it is left to memory.
+pub const PROFILE_WRITE_TRIES: u32 = 3;
+
+/// Write the learned profiles (and those whose write failed earlier, up to
+/// [`PROFILE_WRITE_TRIES`]): the spec by server-side apply WITHOUT force, so that a field a
+/// platform team set with its own manager is not taken over (409 Conflict: a
+/// `ProfileConflict` event, and no new apply until the object changes); then the status by
+/// server-side apply on the status subresource, forced (the status is the controller's). The
+/// spec of a profile stored as `Manual` is never written; its status records what was
+/// observed. Problems come back as warning events, never as errors: the plan already uses the
+/// learned figures (the failure book keeps them until they are seen stored).
+pub async fn write_profiles(ctx: &Context, learned: &[MemoryProfile]) -> Vec<Event> {
+    let mut events = Vec::new();
+    if !ctx.stores.profiles_api {
+        return events;
+    }
+    let mut todo: BTreeMap<String, (MemoryProfile, u32)> = {
+        let mut unwritten = ctx
+            .unwritten_profiles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        unwritten.drain().collect()
+    };
+    for p in learned {
+        if let Some(name) = &p.metadata.name {
+            todo.insert(name.clone(), (p.clone(), 0));
+        }
+    }
+    let api: Api<MemoryProfile> = Api::all(ctx.client.clone());
+    let problem = |reason: &str, message: String| Event {
+        warning: true,
+        reason: reason.into(),
+        message,
+        pod: None,
+    };
+    let mut retry = Vec::new();
+    for (name, (p, tries)) in todo {
+        let stored = ctx
+            .stores
+            .profiles
+            .get(&kube::runtime::reflector::ObjectRef::new(&name));
+        let manual = p.spec.source == ProfileSource::Manual
+            || stored
+                .as_ref()
+                .is_some_and(|s| s.spec.source == ProfileSource::Manual);
+        let stored_version = stored
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.clone());
+        if !manual {
+            let conflicted_at = ctx
+                .profile_conflicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&name)
+                .cloned();
+            let unchanged_since_conflict =
+                conflicted_at.is_some_and(|at| at.is_some() && at == stored_version);
+            if !unchanged_since_conflict {
+                let body = serde_json::json!({
+                    "apiVersion": MemoryProfile::api_version(&()),
+                    "kind": MemoryProfile::kind(&()),
+                    "metadata": { "name": name },
+                    "spec": p.spec,
+                });
+                match api
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER),
+                        &Patch::Apply(&body),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        ctx.profile_conflicts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&name);
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        ctx.profile_conflicts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(name.clone(), stored_version.clone());
+                        events.push(problem(
+                            REASON_PROFILE_CONFLICT,
+                            format!(
+                                "MemoryProfile {name}: another field manager owns fields of its spec (a platform team's edit wins); not overwritten, its status records what was observed: {}",
+                                s.message
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        events.push(problem(
+                            REASON_PROFILE_WRITE_FAILED,
+                            format!("apply MemoryProfile {name}: {e}"),
+                        ));
+                        retry.push((name, p, tries));
+                        continue;
+                    }
+                }
+            }
+        } else if stored.is_none() {
+            // A Manual profile the cache does not hold (deleted meanwhile): nothing to write to.
+            continue;
+        }
+        let Some(status) = &p.status else { continue };
+        let body = serde_json::json!({
+            "apiVersion": MemoryProfile::api_version(&()),
+            "kind": MemoryProfile::kind(&()),
+            "metadata": { "name": name },
+            "status": status,
+        });
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            events.push(problem(
+                REASON_PROFILE_WRITE_FAILED,
+                format!("patch status of MemoryProfile {name}: {e}"),
+            ));
+            retry.push((name, p, tries));
+        }
+    }
+    let mut unwritten = ctx
+        .unwritten_profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for (name, p, tries) in retry {
+        let tries = tries.saturating_add(1);
+        if tries < PROFILE_WRITE_TRIES {
+            unwritten.entry(name).or_insert((p, tries));
+        } else {
+            warn!(profile = %name, "giving up writing the learned profile; it stays in memory");
+        }
+    }
+    events
 }
 
 /// events.k8s.io/v1 `note` limit in bytes: k8s pkg/apis/core/validation/events.go

@@ -19,8 +19,9 @@ use super::claim::ClaimError;
 use super::failures::FailureBook;
 use super::metrics::Metrics;
 use super::model_source::{ModelResolver, Unavailable};
+use super::observe::{HttpScraper, ScrapeBook, Scraper};
 use super::pod::BuildError;
-use crate::api::{GpuNode, VllmDeployment};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 use crate::model::hub::HubClient;
 use crate::plan::{Fleet, Ledger, ReportsSeen};
 
@@ -91,6 +92,11 @@ pub struct Stores {
     pub claims: Store<ResourceClaim>,
     /// Whether the API server serves `resource.k8s.io/v1` (the claim and slice caches run).
     pub dra_api: bool,
+    /// MemoryProfiles (cluster-scoped); empty when the CRD is not installed.
+    pub profiles: Store<MemoryProfile>,
+    /// Whether MemoryProfiles can be read (the CRD is installed and the watch runs): only then
+    /// are learned profiles written.
+    pub profiles_api: bool,
 }
 
 fn filled<K>(objects: Vec<K>) -> Store<K>
@@ -128,6 +134,16 @@ impl Stores {
             slices: filled(Vec::new()),
             claims: filled(Vec::new()),
             dra_api: false,
+            profiles: filled(Vec::new()),
+            profiles_api: true,
+        }
+    }
+
+    /// These stores with these MemoryProfiles stored.
+    pub fn with_profiles(self, profiles: Vec<MemoryProfile>) -> Self {
+        Stores {
+            profiles: filled(profiles),
+            ..self
         }
     }
 
@@ -176,6 +192,16 @@ pub struct Context {
     /// When each agent report was seen to change, on this controller's clock: the basis of
     /// staleness (see [`ReportsSeen`]).
     pub reports_seen: Mutex<ReportsSeen>,
+    /// Reads the `/metrics` of Ready vLLM pods ([`HttpScraper`]; tests hand in text).
+    pub scraper: Arc<dyn Scraper>,
+    /// What each pod's scrapes gave.
+    pub scrapes: Mutex<ScrapeBook>,
+    /// Learned profiles whose write failed for a reason other than a conflict, retried on the
+    /// next reconciles (by name, with the tries made).
+    pub unwritten_profiles: Mutex<HashMap<String, (MemoryProfile, u32)>>,
+    /// Profiles whose spec apply answered 409 (another field manager owns a field), with the
+    /// resourceVersion the conflict was met at: not applied again until the object changes.
+    pub profile_conflicts: Mutex<HashMap<String, Option<String>>>,
 }
 
 pub const REPORTER: &str = "vllm-operator";
@@ -205,6 +231,10 @@ impl Context {
             clock: Timestamp::now,
             fleet: Mutex::new(None),
             reports_seen: Mutex::new(ReportsSeen::default()),
+            scraper: Arc::new(HttpScraper),
+            scrapes: Mutex::new(ScrapeBook::default()),
+            unwritten_profiles: Mutex::new(HashMap::new()),
+            profile_conflicts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +286,10 @@ impl Context {
         for s in &slices {
             (&s.metadata.name, &s.metadata.resource_version).hash(&mut h);
         }
+        let profiles = self.stores.profiles.state();
+        for p in &profiles {
+            (&p.metadata.name, &p.metadata.resource_version).hash(&mut h);
+        }
         let versions = h.finish();
         let mut cache = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((built, seen, fleet)) = cache.as_ref()
@@ -275,6 +309,11 @@ impl Context {
         );
         if !slices.is_empty() {
             fleet.attach_slices(slices.iter().map(|s| s.as_ref()));
+        }
+        if !profiles.is_empty() {
+            fleet = fleet.with_profiles(crate::profile::Profiles::from_objects(
+                profiles.iter().map(|p| p.as_ref()),
+            ));
         }
         let fleet = Arc::new(fleet);
         *cache = Some((std::time::Instant::now(), versions, fleet.clone()));

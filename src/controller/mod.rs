@@ -8,6 +8,7 @@ pub mod failures;
 pub mod leader;
 pub mod metrics;
 pub mod model_source;
+pub mod observe;
 pub mod pod;
 pub mod reconcile;
 pub mod runner;

@@ -18,8 +18,8 @@ use super::apply;
 use super::context::GpuAllocation;
 use super::context::{Context, Error, Guarded};
 use super::decide::{self, Action, DeploymentView, Outcome, PodView};
+use super::observe;
 use super::pod::{self, LABEL_INSTANCE, PodGpus};
-use super::view::pod_view;
 use crate::api::{PodRef, VllmDeployment};
 use crate::cli::plan::family_from_image;
 use crate::model::{Architecture, checkpoint};
@@ -101,7 +101,15 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
     let now = (ctx.clock)();
     let pods = owned_pods(ctx, dep);
     let claims = ctx.owned_claims(dep);
-    let views: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p)).collect();
+    // Observe: the pods' termination messages, the agents' reports, Ready pods' /metrics.
+    let (views, scrapes_pending) = observe::observe_pods(
+        ctx,
+        dep,
+        arch.as_ref().ok().map(|a| a.as_ref()),
+        &pods,
+        &ctx.fleet(now),
+    )
+    .await;
     let queued = queued_behind(ctx, dep);
     // Plan.
     let (outcome, gpus_for_new) = decide_under_lock(ctx, dep, &arch, &views, queued, now)?;
@@ -117,10 +125,13 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
             .map(|a| checkpoint::cache_bytes(checkpoint::checkpoint_bytes(a))),
     )?;
     let claim_problems = apply::run_steps(ctx, dep, steps).await?;
+    // Learned profiles are stored; a problem is an event, never a failed reconcile.
+    let profile_events = apply::write_profiles(ctx, &outcome.profiles).await;
     // The Service's fate goes into the status, which is written whether or not it applied.
     let service = apply::apply_service(ctx, dep).await;
     let mut status = outcome.status.clone();
     let mut events = outcome.events.clone();
+    events.extend(profile_events);
     let uses_claims = !claims.is_empty()
         || outcome.actions.iter().any(|a| {
             matches!(a, Action::Release { placement, .. }
@@ -167,6 +178,23 @@ async fn reconcile_deployment(dep: &VllmDeployment, ctx: &Context) -> Result<Req
         Some(after) if retry => Some(after.min(SERVICE_CONFLICT_RETRY)),
         None if retry => Some(SERVICE_CONFLICT_RETRY),
         other => other,
+    };
+    // A /metrics scrape with tries left, or a profile write to retry: look again soon.
+    let again = if scrapes_pending {
+        Some(observe::SCRAPE_RETRY)
+    } else if !ctx
+        .unwritten_profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+    {
+        Some(SERVICE_CONFLICT_RETRY)
+    } else {
+        None
+    };
+    let requeue_after = match (requeue_after, again) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     Ok(match requeue_after {
         Some(after) => Requeue::requeue(after),

@@ -23,7 +23,7 @@ use super::leader::{self, Elector, LeaderState};
 use super::metrics::{Metrics, router};
 use super::pod::{LABEL_MANAGED_BY, MANAGED_BY};
 use super::reconcile::{error_policy, reconcile};
-use crate::api::{GpuNode, VllmDeployment};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 use crate::model::hub::HubClient;
 
 #[derive(Clone, Debug)]
@@ -147,6 +147,27 @@ pub async fn probe_dra(client: &Client) -> DraApi {
         }
     }
     DraApi::Unavailable(format!("cannot list resourceslices: {last}"))
+}
+
+/// Whether MemoryProfiles can be listed: `Err` with why, in a line, when the CRD is not
+/// installed (Helm installs `crds/` on install only, never on upgrade) or not readable. The
+/// controller then learns in memory only and writes no profile.
+pub async fn probe_profiles(client: &Client) -> Result<(), String> {
+    let one = ListParams::default().limit(1);
+    match Api::<MemoryProfile>::all(client.clone())
+        .list_metadata(&one)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(
+            "CRD memoryprofiles.vllm-operator.io is not installed (kubectl apply -f crds/)".into(),
+        ),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(format!(
+            "the controller may not list memoryprofiles ({}); check the chart's ClusterRole",
+            s.message
+        )),
+        Err(e) => Err(format!("cannot list memoryprofiles: {e}")),
+    }
 }
 
 /// The settings the controller runs with: without `resource.k8s.io/v1` nothing can be placed
@@ -334,6 +355,23 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     } else {
         (reflector::store().0, None)
     };
+    // Memory profiles survive restarts in their objects: read them all before the first plan.
+    let profiles_api = match probe_profiles(&client).await {
+        Ok(()) => true,
+        Err(why) => {
+            warn!(%why, "memory profiles are learned in memory only and lost on restart");
+            false
+        }
+    };
+    let (profiles, profile_events) = if profiles_api {
+        let (store, events) = cache(
+            Api::<MemoryProfile>::all(watch_client.clone()),
+            watcher::Config::default(),
+        );
+        (store, Some(events))
+    } else {
+        (reflector::store().0, None)
+    };
     let stores = Stores {
         deployments: reflector::store().0,
         gpunodes,
@@ -350,6 +388,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         slices,
         claims,
         dra_api,
+        profiles,
+        profiles_api,
     };
     // Deciding on half-filled caches would re-create pods that exist.
     for (what, ready) in [
@@ -368,6 +408,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     }
     if dra_api {
         let _ = stores.claims.wait_until_ready().await;
+    }
+    if profiles_api {
+        let _ = stores.profiles.wait_until_ready().await;
     }
 
     let controller = Controller::new(
@@ -408,6 +451,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         .owns(Api::<Service>::all(watch_client.clone()), managed());
     if let Some(events) = claim_events {
         controller = controller.owns_shared_stream(events);
+    }
+    // A new or changed profile may let a refused deployment fit.
+    if let Some(events) = profile_events {
+        let deployments = deployments.clone();
+        controller = controller.watches_shared_stream(events, move |_| not_admitted(&deployments));
     }
     if let Some(events) = slice_events {
         let deployments = deployments.clone();
