@@ -268,6 +268,15 @@ fn controller_rbac_is_what_it_needs() {
     assert_eq!(get("", "events"), None, "kube-rs writes events.k8s.io only");
     assert_eq!(get("vllm-operator.io", "gpunodes/status"), None);
     assert_eq!(
+        get("vllm-operator.io", "memoryprofiles"),
+        Some(set(&["list", "watch", "create", "patch"])),
+        "profiles: applied without update or delete"
+    );
+    assert_eq!(
+        get("vllm-operator.io", "memoryprofiles/status"),
+        Some(set(&["patch"]))
+    );
+    assert_eq!(
         get("coordination.k8s.io", "leases"),
         None,
         "leases only in its namespace"
@@ -283,6 +292,68 @@ fn controller_rbac_is_what_it_needs() {
             assert_eq!(strings(&rule["resourceNames"]), ["vllm-operator-leader"]);
         }
     }
+}
+
+#[test]
+fn memory_profiles_are_readable_by_all_and_editable_by_editors() {
+    let docs = render(None);
+    let viewer = find(&docs, "ClusterRole", "vllm-operator-memoryprofile-viewer");
+    assert_eq!(
+        grants(viewer),
+        [(
+            ("vllm-operator.io".to_string(), "memoryprofiles".to_string()),
+            set(&["get", "list", "watch"])
+        )]
+        .into_iter()
+        .collect()
+    );
+    let editor = find(&docs, "ClusterRole", "vllm-operator-memoryprofile-editor");
+    assert_eq!(
+        grants(editor),
+        [(
+            ("vllm-operator.io".to_string(), "memoryprofiles".to_string()),
+            set(&[
+                "get", "list", "watch", "create", "update", "patch", "delete"
+            ])
+        )]
+        .into_iter()
+        .collect(),
+        "editors write specs, never the status"
+    );
+    for label in [
+        "rbac.authorization.k8s.io/aggregate-to-edit",
+        "rbac.authorization.k8s.io/aggregate-to-admin",
+    ] {
+        assert_eq!(editor["metadata"]["labels"][label], "true", "{label}");
+        assert_eq!(viewer["metadata"]["labels"][label], "true", "{label}");
+    }
+    assert_eq!(
+        viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert!(
+        editor["metadata"]["labels"]
+            .get("rbac.authorization.k8s.io/aggregate-to-view")
+            .is_none(),
+        "viewers must not write profiles"
+    );
+    let binding = find(
+        &docs,
+        "ClusterRoleBinding",
+        "vllm-operator-memoryprofile-viewer",
+    );
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "vllm-operator-memoryprofile-viewer"
+    );
+    assert_eq!(binding["subjects"][0]["kind"], "Group");
+    assert_eq!(binding["subjects"][0]["name"], "system:authenticated");
+    // Off: no binding to every user; the roles stay for aggregation.
+    let off = render_set(&["memoryProfiles.readableByAll=false"]);
+    assert!(!off.iter().any(
+        |d| kind(d) == "ClusterRoleBinding" && name(d) == "vllm-operator-memoryprofile-viewer"
+    ));
+    find(&off, "ClusterRole", "vllm-operator-memoryprofile-viewer");
 }
 
 /// One Kubernetes API call the code makes: the file and the code that makes it, and the RBAC
@@ -444,6 +515,36 @@ const CONTROLLER_CALLS: &[Call] = &[
         group: "resource.k8s.io",
         resource: "resourceclaims",
         verbs: &["delete"],
+    },
+    // MemoryProfiles: is the CRD installed (a one-item list at start-up), then a watch; the
+    // learned spec applied (creates a new name), the status applied on its subresource.
+    Call {
+        file: "src/controller/runner.rs",
+        code: "match Api::<MemoryProfile>::all(client.clone()) .list_metadata(&one)",
+        group: "vllm-operator.io",
+        resource: "memoryprofiles",
+        verbs: &["list"],
+    },
+    Call {
+        file: "src/controller/runner.rs",
+        code: "Api::<MemoryProfile>::all(watch_client.clone()),",
+        group: "vllm-operator.io",
+        resource: "memoryprofiles",
+        verbs: &["list", "watch"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: ".patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body))",
+        group: "vllm-operator.io",
+        resource: "memoryprofiles",
+        verbs: &["patch", "create"],
+    },
+    Call {
+        file: "src/controller/apply.rs",
+        code: ".patch_status( &name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body), )",
+        group: "vllm-operator.io",
+        resource: "memoryprofiles/status",
+        verbs: &["patch"],
     },
     // kube-runtime's Recorder: POST a new event, PATCH it when the series repeats.
     Call {
