@@ -534,7 +534,7 @@ const CONTROLLER_CALLS: &[Call] = &[
     },
     Call {
         file: "src/controller/apply.rs",
-        code: ".patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body))",
+        code: ".patch( &name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body), )",
         group: "vllm-operator.io",
         resource: "memoryprofiles",
         verbs: &["patch", "create"],
