@@ -507,3 +507,20 @@ async fn scenario_a_pod_whose_metrics_do_not_answer_is_tried_three_times_then_le
         .unwrap();
     assert_eq!(scraper.calls.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
+
+/// The README's GitOps example is a valid Manual profile.
+#[test]
+fn readme_manual_profile_example_reads_as_a_manual_profile() {
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let section = &readme[readme.find("## Memory profiles").expect("section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let p: MemoryProfile = serde_norway::from_str(&section[start..end]).unwrap();
+    assert_eq!(p.spec.source, ProfileSource::Manual);
+    assert_eq!(p.spec.tensor_parallel_size, 1);
+    assert!(p.spec.non_kv_bytes_per_gpu > 0);
+    assert!(
+        vllm_operator::validate::dns1123_subdomain(p.metadata.name.as_deref().unwrap()).is_ok()
+    );
+}

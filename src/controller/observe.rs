@@ -873,6 +873,86 @@ status:
         assert!(book.wanted("ns/d", "u1"));
     }
 
+    /// A one-connection HTTP server on 127.0.0.1 that answers with `response` (raw bytes)
+    /// after reading the request, or never answers when `response` is `None`.
+    async fn serve_once(response: Option<Vec<u8>>) -> ScrapeTarget {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            assert!(seen.starts_with(b"GET /metrics HTTP/1.1\r\n"));
+            match response {
+                Some(r) => {
+                    let _ = sock.write_all(&r).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(30)).await,
+            }
+        });
+        ScrapeTarget {
+            pod_ip: "127.0.0.1".into(),
+            port: i32::from(port),
+        }
+    }
+
+    fn http_ok(body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[tokio::test]
+    async fn http_scraper_reads_metrics_over_real_http() {
+        let target = serve_once(Some(http_ok(VLLM_0_11_METRICS.as_bytes()))).await;
+        let body = HttpScraper.scrape(&target).await.unwrap();
+        assert_eq!(cache_config_info(&body).unwrap().num_gpu_blocks, 2943);
+    }
+
+    #[tokio::test]
+    async fn http_scraper_bounds_time_size_and_status() {
+        let target = serve_once(None).await;
+        let started = std::time::Instant::now();
+        let err = HttpScraper.scrape(&target).await.unwrap_err();
+        assert!(err.0.contains("no answer within 3 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(6));
+        let huge = vec![b'#'; MAX_BODY_BYTES + 1];
+        let target = serve_once(Some(http_ok(&huge))).await;
+        let err = HttpScraper.scrape(&target).await.unwrap_err();
+        assert!(err.0.contains("body"), "{err}");
+        let target = serve_once(Some(
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+        ))
+        .await;
+        let err = HttpScraper.scrape(&target).await.unwrap_err();
+        assert!(err.0.contains("404"), "{err}");
+        // Nothing listens.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = HttpScraper
+            .scrape(&ScrapeTarget {
+                pod_ip: "127.0.0.1".into(),
+                port: i32::from(closed),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.0.starts_with("GET http://127.0.0.1:"), "{err}");
+    }
+
     #[test]
     fn scrape_urls() {
         let t = ScrapeTarget {
