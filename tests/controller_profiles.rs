@@ -183,9 +183,18 @@ fn context(
     profiles: Vec<MemoryProfile>,
     scrape: Result<String, String>,
 ) -> (Arc<Context>, Arc<FixedScraper>) {
+    context_with(client, profiles, scrape, vec![ready_pod()])
+}
+
+fn context_with(
+    client: kube::Client,
+    profiles: Vec<MemoryProfile>,
+    scrape: Result<String, String>,
+    pods: Vec<Pod>,
+) -> (Arc<Context>, Arc<FixedScraper>) {
     let (gpunodes, nodes) = fleet();
-    let stores = Stores::from_objects(vec![deployment()], gpunodes, nodes, vec![ready_pod()])
-        .with_profiles(profiles);
+    let stores =
+        Stores::from_objects(vec![deployment()], gpunodes, nodes, pods).with_profiles(profiles);
     let settings = Settings {
         launcher_image: LAUNCHER.into(),
         stale_after: Duration::from_secs(90),
@@ -523,4 +532,63 @@ fn readme_manual_profile_example_reads_as_a_manual_profile() {
     assert!(
         vllm_operator::validate::dns1123_subdomain(p.metadata.name.as_deref().unwrap()).is_ok()
     );
+}
+
+/// vLLM 0.11.0's one-request check failed (`vllm/v1/core/kv_cache_utils.py:700-727`): the
+/// termination message (the kubelet's log tail) says how much KV memory vLLM had, which gives
+/// the non-KV memory; the profile is written as the failed pod goes.
+#[tokio::test]
+async fn scenario_a_failed_starts_termination_message_creates_a_profile() {
+    let mut failed = ready_pod();
+    failed.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": "vllm", "ready": false, "restartCount": 0, "image": "vllm", "imageID": "",
+                "state": {"terminated": {"exitCode": 1, "message":
+                    "(EngineCore_DP0 pid=77) ValueError: To serve at least one request with the models's max seq len (8192), (0.25 GiB KV cache is needed, which is larger than the available KV cache memory (0.21 GiB). Based on the available memory, the estimated maximum model length is 6880. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.\n"}}
+            }]
+        }))
+        .unwrap(),
+    );
+    let (client, mut handle) = mock();
+    let (ctx, scraper) = context_with(client, vec![], Ok(metrics_body()), vec![failed]);
+    // 0.21 GiB printed: at least 0.205 GiB, so the non-KV memory is at most this.
+    let available_low = (41u64 << 30).div_ceil(200);
+    let non_kv = (CUDA_TOTAL as f64 * 0.95).ceil() as u64 - available_low;
+    let server = tokio::spawn(async move {
+        let (method, uri, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            format!("/api/v1/namespaces/serving/pods/{}?", pod_name())
+        );
+        respond(send, 200, &serde_json::to_value(ready_pod()).unwrap());
+        let (body, send) = expect_profile_apply(&mut handle).await;
+        assert_eq!(body["spec"]["nonKvBytesPerGpu"], non_kv);
+        assert_eq!(body["spec"]["observations"], 1);
+        respond(send, 201, &body);
+        let status = expect_profile_status(&mut handle).await;
+        assert!(
+            status["status"]["lastObservation"]
+                .as_str()
+                .unwrap()
+                .contains("vLLM had 0.21 GiB for KV cache"),
+            "{status}"
+        );
+        expect_service_and_status(&mut handle).await;
+        let event = expect_event(&mut handle, "GpuMemoryFailure").await;
+        assert!(
+            event["note"].as_str().unwrap().contains("non-KV"),
+            "{event}"
+        );
+        expect_nothing_more(&mut handle).await;
+    });
+    run(ctx).await;
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    // A failed pod is not scraped.
+    assert_eq!(scraper.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
