@@ -16,10 +16,10 @@ use vllm_operator::fit::passes_startup_check;
 use vllm_operator::manifest::{Object, read_objects};
 use vllm_operator::model::catalog::lookup;
 use vllm_operator::model::{Architecture, Estimate, GpuFacts, Shape, VllmFamily, estimate};
-use vllm_operator::plan::fleet::{Fleet, FleetNode, Gpu};
+use vllm_operator::plan::fleet::{DraDevice, Fleet, FleetNode, Gpu, NVIDIA_DRA_DRIVER};
 use vllm_operator::plan::{
-    Decision, Ledger, Placement, Released, Request, candidate_shapes, headroom_bytes,
-    max_model_len, plan_replica, reservation_for,
+    Decision, GpuAllocation, Ledger, Placement, Released, Request, candidate_shapes,
+    headroom_bytes, max_model_len, plan_replica, reservation_for,
 };
 
 const GIB: u64 = 1 << 30;
@@ -1312,4 +1312,466 @@ fn settle_releases_on_report_timeout_and_node_gone() {
     let released = ledger.settle(&fleet, ts("2026-11-26T12:05:02Z"), Duration::from_secs(300));
     assert_eq!(released, vec![(pod("young"), Released::NodeGone)]);
     assert!(ledger.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact GPUs through DRA.
+// ---------------------------------------------------------------------------------------------
+
+/// Publish every GPU of `node` as the NVIDIA DRA driver does (`gpu-<index>` in the node's pool).
+fn publish(mut node: FleetNode) -> FleetNode {
+    let pool = node.name.clone();
+    for g in &mut node.gpus {
+        g.dra = Some(DraDevice {
+            driver: NVIDIA_DRA_DRIVER.into(),
+            pool: pool.clone(),
+            device: format!("gpu-{}", g.index),
+        });
+    }
+    node
+}
+
+/// One node of 4 H100 80GB, GPU 0 holding 60 GiB for a process outside Kubernetes.
+fn h100_gpu0_busy() -> FleetNode {
+    let gpus = (0..4)
+        .map(|i| mk_gpu(H100, i, if i == 0 { 60 * GIB } else { 0 }, None))
+        .collect();
+    mk_node("h100-node", gpus)
+}
+
+fn plan_all_with(
+    fleet: &Fleet,
+    ledger: &mut Ledger,
+    name: &str,
+    arch: &Architecture,
+    spec: &VllmDeploymentSpec,
+    alloc: GpuAllocation,
+) -> (Vec<Placement>, Vec<String>) {
+    let now = ts("2026-11-26T12:00:00Z");
+    let mut out = Vec::new();
+    for i in 0..spec.replicas {
+        let pod_name = format!("{name}-{i}");
+        let req = Request {
+            gpu_allocation: alloc,
+            ..request(&pod_name, arch, spec, VllmFamily::V0_11)
+        };
+        match plan_replica(fleet, ledger, &req) {
+            Decision::Placed(p) => {
+                let node = fleet.node(&p.node).unwrap();
+                let shared = spec.gpu.sharing == Sharing::Shared;
+                ledger.reserve(reservation_for(pod(&pod_name), &p, node, shared, now));
+                out.push(*p);
+            }
+            Decision::Refused(r) => return (out, r),
+        }
+    }
+    (out, Vec::new())
+}
+
+#[test]
+fn with_slices_each_8b_replica_gets_one_exact_free_gpu_at_full_utilization_and_gpu0_is_untouched() {
+    let fleet = mk_fleet(vec![publish(h100_gpu0_busy())]);
+    let arch = arch("meta-llama/Llama-3.1-8B-Instruct");
+    let mut s = spec("meta-llama/Llama-3.1-8B-Instruct");
+    s.replicas = 3;
+    let mut ledger = Ledger::default();
+    let (placed, refused) =
+        plan_all_with(&fleet, &mut ledger, "llama", &arch, &s, GpuAllocation::Auto);
+    assert!(refused.is_empty(), "{refused:#?}");
+    let mut got: Vec<u32> = Vec::new();
+    for p in &placed {
+        assert_eq!(p.shape.tensor_parallel_size, 1);
+        assert!(p.candidate_gpus.is_empty(), "{}", p.reason);
+        assert_eq!(p.exact_gpus.len(), 1);
+        let g = &p.exact_gpus[0];
+        assert_eq!(g.uuid, format!("GPU-{:04}", g.index));
+        assert_eq!(g.device.device, format!("gpu-{}", g.index));
+        // Full utilization: the spec's cap, limited only by the free GPU's own memory.
+        assert_eq!(
+            p.fit.utilization(),
+            s.memory.max_utilization,
+            "{}",
+            p.reason
+        );
+        assert!(
+            p.reason.contains(&format!("exact GPUs {} GPU-", g.index)),
+            "{}",
+            p.reason
+        );
+        got.push(g.index);
+    }
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3]);
+    // A fourth replica would need GPU 0: its 19.5 GiB free do not hold the model with its
+    // default 128 Ki-token context, so it is refused with GPU 0 named, not squeezed in.
+    s.replicas = 1;
+    let (more, why) = plan_all_with(
+        &fleet,
+        &mut ledger,
+        "fourth",
+        &arch,
+        &s,
+        GpuAllocation::Auto,
+    );
+    assert!(more.is_empty());
+    assert!(
+        why.iter().any(|l| l.contains("h100-node GPU 0")),
+        "{why:#?}"
+    );
+}
+
+#[test]
+fn without_slices_the_worst_unallocated_gpu_decides_for_every_replica() {
+    // The device plugin lets the kubelet hand out any unallocated GPU, GPU 0 included: every
+    // replica must fit GPU 0's 19.5 GiB free. tp 1 and tp 2 of the 8B model with its default
+    // 128 Ki-token context do not; tp 4 takes all four GPUs, GPU 0 among them, at the 0.20 that
+    // GPU 0 allows, and leaves nothing for replicas 2 and 3. The same fleet with slices places
+    // three replicas at 0.90 (above).
+    let fleet = mk_fleet(vec![h100_gpu0_busy()]);
+    let published = mk_fleet(vec![publish(h100_gpu0_busy())]);
+    let arch = arch("meta-llama/Llama-3.1-8B-Instruct");
+    let mut s = spec("meta-llama/Llama-3.1-8B-Instruct");
+    s.replicas = 3;
+    for (fleet, alloc) in [
+        (&fleet, GpuAllocation::Auto),
+        (&fleet, GpuAllocation::DevicePlugin),
+        // Slices present but --gpu-allocation device-plugin: the same worst-GPU rule.
+        (&published, GpuAllocation::DevicePlugin),
+    ] {
+        let (placed, why) = plan_all_with(fleet, &mut Ledger::default(), "llama", &arch, &s, alloc);
+        assert_eq!(placed.len(), 1, "{alloc}: {why:#?}");
+        let p = &placed[0];
+        assert_eq!(p.shape.tensor_parallel_size, 4);
+        assert_eq!(p.candidate_gpus, [0, 1, 2, 3]);
+        assert!(p.exact_gpus.is_empty());
+        assert_eq!(p.fit.utilization_pct, 20, "{}", p.reason);
+        assert!(!why.is_empty());
+    }
+    s.tensor_parallel.sizes = vec![1];
+    let (placed, why) = plan_all_with(
+        &fleet,
+        &mut Ledger::default(),
+        "llama",
+        &arch,
+        &s,
+        GpuAllocation::Auto,
+    );
+    assert!(placed.is_empty());
+    assert!(
+        why.iter().any(|l| l.contains("h100-node GPU 0")),
+        "{why:#?}"
+    );
+    // With an 8 Ki-token context, tp 1 still does not fit GPU 0 (weights, activations and CUDA
+    // graphs need 22.9 GiB free); tp 2 does, at the utilization GPU 0 allows, on all four
+    // candidates: two replicas, and the third is refused.
+    s.tensor_parallel.sizes = vec![1, 2, 4, 8];
+    s.max_model_len = Some(8192);
+    let (placed, why) = plan_all_with(
+        &fleet,
+        &mut Ledger::default(),
+        "llama",
+        &arch,
+        &s,
+        GpuAllocation::Auto,
+    );
+    assert_eq!(placed.len(), 2, "{why:#?}");
+    for p in &placed {
+        assert_eq!(p.shape.tensor_parallel_size, 2);
+        assert_eq!(p.candidate_gpus, [0, 1, 2, 3]);
+        assert!(p.exact_gpus.is_empty());
+        assert!(p.fit.utilization() < 0.25, "{}", p.reason);
+    }
+    assert!(!why.is_empty());
+    // With slices, the same three get the free GPUs at full utilization.
+    let (placed, _) = plan_all_with(
+        &published,
+        &mut Ledger::default(),
+        "llama",
+        &arch,
+        &s,
+        GpuAllocation::Auto,
+    );
+    assert_eq!(placed.len(), 3);
+    for p in &placed {
+        assert_ne!(p.exact_gpus[0].index, 0);
+        assert_eq!(p.fit.utilization(), s.memory.max_utilization);
+    }
+}
+
+#[test]
+fn auto_needs_every_usable_gpu_published_and_dra_refuses_the_others() {
+    let arch = arch("meta-llama/Llama-3.2-1B-Instruct");
+    let mut s = spec("meta-llama/Llama-3.2-1B-Instruct");
+    s.max_model_len = Some(4096);
+    // GPU 1 of the node is not published: the device plugin still owns it.
+    let mut partly = publish(idle_node("partly", L4, 2));
+    partly.gpus[1].dra = None;
+    let fleet = mk_fleet(vec![partly]);
+    let req = |alloc| Request {
+        gpu_allocation: alloc,
+        ..request("one", &arch, &s, VllmFamily::V0_11)
+    };
+    let p = placed(plan_replica(
+        &fleet,
+        &Ledger::default(),
+        &req(GpuAllocation::Auto),
+    ));
+    assert_eq!(p.candidate_gpus, [0, 1]);
+    assert!(p.exact_gpus.is_empty());
+    // dra: only the published GPU.
+    let p = placed(plan_replica(
+        &fleet,
+        &Ledger::default(),
+        &req(GpuAllocation::Dra),
+    ));
+    assert_eq!(
+        p.exact_gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+        [0]
+    );
+    // dra on a node with nothing published: refused with the reason.
+    let plain = mk_fleet(vec![idle_node("plain", L4, 2)]);
+    let why = refused(plan_replica(
+        &plain,
+        &Ledger::default(),
+        &req(GpuAllocation::Dra),
+    ));
+    assert!(
+        why.iter()
+            .any(|l| l.contains("plain") && l.contains("NVIDIA DRA driver")),
+        "{why:#?}"
+    );
+    // dra on a shared node: a claim takes GPUs whole.
+    let mut shared = publish(idle_node("shared", L4, 2));
+    shared.sharing = Sharing::Shared;
+    let why = refused(plan_replica(
+        &mk_fleet(vec![shared]),
+        &Ledger::default(),
+        &req(GpuAllocation::Dra),
+    ));
+    assert!(why.iter().any(|l| l.contains("Shared")), "{why:#?}");
+}
+
+#[test]
+fn exact_gpus_maximize_cache_takes_the_freest_and_pack_the_tightest_that_fits() {
+    let arch = arch("meta-llama/Llama-3.2-1B-Instruct");
+    let mut s = spec("meta-llama/Llama-3.2-1B-Instruct");
+    s.max_model_len = Some(4096);
+    s.tensor_parallel.sizes = vec![2];
+    // Used: GPU 0 10 GiB, GPU 1 nothing, GPU 2 4 GiB, GPU 3 nothing, GPU 4 23 GiB (too full).
+    let used = [10 * GIB, 0, 4 * GIB, 0, 23 * GIB];
+    let node = publish(mk_node(
+        "l4s",
+        used.iter()
+            .enumerate()
+            .map(|(i, u)| mk_gpu(L4, i as u32, *u, None))
+            .collect(),
+    ));
+    let fleet = mk_fleet(vec![node]);
+    let req = request("one", &arch, &s, VllmFamily::V0_11);
+    let p = placed(plan_replica(&fleet, &Ledger::default(), &req));
+    assert_eq!(
+        p.exact_gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    s.memory.strategy = MemoryStrategy::Pack;
+    let req = request("one", &arch, &s, VllmFamily::V0_11);
+    let p = placed(plan_replica(&fleet, &Ledger::default(), &req));
+    assert_eq!(
+        p.exact_gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+        [0, 2]
+    );
+    // The utilization is the one GPUs 0 and 2 allow, not GPU 4's.
+    let limit = fleet.nodes[0].gpus[0].free_bytes;
+    assert!(
+        (p.fit.utilization() * H100.total_bytes as f64) < limit as f64 * 4.0,
+        "{}",
+        p.reason
+    );
+}
+
+/// A random fleet in which some nodes publish their GPUs (all, some or none).
+fn build_dra_fleet(nodes: &[NodeGen], published: &[u8]) -> Fleet {
+    let mut fleet = build_fleet(nodes);
+    for (node, mode) in fleet.nodes.iter_mut().zip(published) {
+        let n = node.gpus.len();
+        let pool = node.name.clone();
+        for g in &mut node.gpus {
+            let on = match mode % 3 {
+                0 => true,
+                1 => g.index.is_multiple_of(2) || n == 1,
+                _ => false,
+            };
+            if on {
+                g.dra = Some(DraDevice {
+                    driver: NVIDIA_DRA_DRIVER.into(),
+                    pool: pool.clone(),
+                    device: format!("gpu-{}", g.index),
+                });
+            }
+        }
+    }
+    fleet
+}
+
+/// Per GPU: does some utilization in hundredths pass every rule for `shape` on it alone?
+fn gpu_admits(g: &Gpu, arch: &Architecture, shape: &Shape, spec: &VllmDeploymentSpec) -> bool {
+    match estimate(arch, shape, &facts(g)) {
+        Ok(e) => (1..=100).any(|pct| works(g, g.free_bytes, &e, pct, spec)),
+        Err(_) => false,
+    }
+}
+
+/// Plan every deployment with `--gpu-allocation dra` against one ledger: every placement is
+/// exact, its GPUs are published, free and never booked twice, each passes vLLM's startup check
+/// and KV budget on its own, and the planner refuses exactly when no node has `tp` GPUs that
+/// each admit a shape.
+fn check_exact_sequence(fleet: &Fleet, deployments: &[DeploymentGen]) -> Result<(), TestCaseError> {
+    let now = ts("2026-11-26T12:00:00Z");
+    let mut ledger = Ledger::default();
+    let mut booked: std::collections::BTreeSet<(String, String)> = Default::default();
+    let archs: Vec<Architecture> = MODELS.iter().map(|m| arch(m)).collect();
+    for (di, d) in deployments.iter().enumerate() {
+        let spec = build_spec(d);
+        let arch = &archs[d.model];
+        let shapes = candidate_shapes(&spec, max_model_len(&spec, arch), d.family);
+        for r in 0..spec.replicas {
+            let name = format!("d{di}-{r}");
+            let req = Request {
+                gpu_allocation: GpuAllocation::Dra,
+                ..request(&name, arch, &spec, d.family)
+            };
+            // The first shape some node admits, by exact GPUs: free, published, unbooked, on
+            // an exclusive node.
+            let free = |node: &FleetNode| -> Vec<Gpu> {
+                node.gpus
+                    .iter()
+                    .filter(|g| {
+                        node.sharing == Sharing::Exclusive
+                            && g.dra.is_some()
+                            && g.allocated_to.is_none()
+                            && !booked.contains(&(node.name.clone(), g.uuid.clone()))
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let first = shapes.iter().position(|shape| {
+                fleet.nodes.iter().any(|n| {
+                    free(n)
+                        .iter()
+                        .filter(|g| gpu_admits(g, arch, shape, &spec))
+                        .count()
+                        >= shape.tensor_parallel_size as usize
+                })
+            });
+            let p = match (plan_replica(fleet, &ledger, &req), first) {
+                (Decision::Refused(lines), None) => {
+                    prop_assert!(!lines.is_empty());
+                    break;
+                }
+                (Decision::Refused(lines), Some(si)) => {
+                    return Err(TestCaseError::fail(format!(
+                        "refused {name} but {:?} fits by exact GPU; {lines:#?}",
+                        shapes[si]
+                    )));
+                }
+                (Decision::Placed(p), None) => {
+                    return Err(TestCaseError::fail(format!(
+                        "placed {name} ({}) where no node has enough admitting GPUs",
+                        p.reason
+                    )));
+                }
+                (Decision::Placed(p), Some(si)) => {
+                    prop_assert_eq!(&p.shape, &shapes[si]);
+                    *p
+                }
+            };
+            let node = fleet.node(&p.node).unwrap();
+            prop_assert!(p.candidate_gpus.is_empty());
+            prop_assert_eq!(p.exact_gpus.len(), p.shape.tensor_parallel_size as usize);
+            let u = p.fit.utilization();
+            let pct = p.fit.utilization_pct;
+            for x in &p.exact_gpus {
+                let g = node.gpus.iter().find(|g| g.uuid == x.uuid);
+                prop_assert!(g.is_some(), "{} not on {}", x.uuid, p.node);
+                let g = g.unwrap();
+                prop_assert_eq!(g.index, x.index);
+                prop_assert_eq!(Some(&x.device), g.dra.as_ref());
+                prop_assert!(
+                    g.allocated_to.is_none(),
+                    "{} GPU {} is a pod's",
+                    p.node,
+                    g.index
+                );
+                // Never double-booked.
+                prop_assert!(
+                    booked.insert((p.node.clone(), g.uuid.clone())),
+                    "{} GPU {} booked twice",
+                    p.node,
+                    g.index
+                );
+                // Never over vLLM's startup check, our headroom and the KV budget.
+                let after = g
+                    .free_bytes
+                    .checked_sub(p.launch_plan.startup_overhead_bytes);
+                prop_assert!(
+                    after.is_some_and(|a| passes_startup_check(g.total_bytes, a, u)),
+                    "{} GPU {}: u {u} fails the startup check",
+                    p.node,
+                    g.index
+                );
+                let requested = (g.total_bytes as u128 * pct as u128).div_ceil(100) as u64;
+                prop_assert!(requested + p.launch_plan.headroom_bytes <= after.unwrap());
+                let budget =
+                    ((g.total_bytes - g.reserved_bytes) as u128 * pct as u128 / 100) as u64;
+                prop_assert!(
+                    budget.saturating_sub(p.launch_plan.required_bytes)
+                        >= p.launch_plan.min_kv_bytes
+                );
+                prop_assert!(
+                    g.free_bytes.saturating_sub(p.estimate.startup_overhead())
+                        >= p.estimate.weights_load_peak_bytes
+                );
+            }
+            ledger.reserve(reservation_for(pod(&name), &p, node, false, now));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// Random fleets with published GPUs, several deployments by exact GPU against one ledger.
+    #[test]
+    fn exact_gpus_are_never_double_booked_and_never_over_the_startup_rule(
+        nodes in proptest::collection::vec(node_gen(), 1..=5),
+        published in proptest::collection::vec(0u8..3, 5),
+        deployments in proptest::collection::vec(deployment_gen(), 1..=4),
+    ) {
+        let fleet = build_dra_fleet(&nodes, &published);
+        check_exact_sequence(&fleet, &deployments)?;
+    }
+
+    /// Publishing GPUs never changes a device-plugin plan: with `--gpu-allocation
+    /// device-plugin` the planner agrees with the brute force as before.
+    #[test]
+    fn device_plugin_plans_ignore_published_gpus(
+        nodes in proptest::collection::vec(node_gen(), 1..=4),
+        published in proptest::collection::vec(0u8..3, 4),
+        d in deployment_gen(),
+    ) {
+        let plain = build_fleet(&nodes);
+        let with = build_dra_fleet(&nodes, &published);
+        let spec = build_spec(&d);
+        let arch = arch(MODELS[d.model]);
+        let req = Request {
+            gpu_allocation: GpuAllocation::DevicePlugin,
+            ..request("one", &arch, &spec, d.family)
+        };
+        let a = plan_replica(&plain, &Ledger::default(), &req);
+        let b = plan_replica(&with, &Ledger::default(), &req);
+        prop_assert_eq!(a, b);
+    }
 }

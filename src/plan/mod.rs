@@ -9,6 +9,7 @@ pub mod ledger;
 mod reasons;
 mod vllm_options;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::api::{KvCacheDtype, MemoryStrategy, PodRef, Quantization, Sharing, VllmDeploymentSpec};
@@ -349,10 +350,167 @@ struct NodeFit<'f, 'u> {
     fit: Fit,
     /// Free bytes left on the limiting GPU after the replica's request: best-fit key for Pack.
     leftover_bytes: u64,
-    /// The candidate GPUs (indices are only collected for the chosen node).
-    usable: &'u [&'f Gpu],
+    /// Device plugin: the candidate GPUs, borrowed (indices are only collected for the chosen
+    /// node). DRA: exactly the GPUs chosen for the replica.
+    gpus: Cow<'u, [&'f Gpu]>,
+    /// Whether `gpus` are exact GPUs (DRA) or candidates the kubelet picks from.
+    exact: bool,
     estimate: Estimate,
     plan: LaunchPlan,
+}
+
+/// Is `nf` a better node for the replica than the best so far? Nodes come sorted by name, so
+/// ties keep the first name.
+fn better_fit(strategy: MemoryStrategy, nf: &NodeFit, best: Option<&NodeFit>) -> bool {
+    match best {
+        None => true,
+        Some(cur) => match strategy {
+            MemoryStrategy::MaximizeCache => nf.fit.kv_cache_bytes > cur.fit.kv_cache_bytes,
+            MemoryStrategy::Pack => nf.leftover_bytes < cur.leftover_bytes,
+        },
+    }
+}
+
+/// What the ledger holds on one node.
+#[derive(Default)]
+struct Booked<'l> {
+    /// GPUs booked on an exclusive node, by count and by UUID together.
+    gpus: u32,
+    /// GPUs booked by count (device plugin): the kubelet picks which.
+    by_count: u32,
+    /// GPUs booked by UUID (DRA).
+    exact: Vec<&'l str>,
+    /// Bytes promised on every GPU of a shared node.
+    shared_bytes: u64,
+}
+
+/// A node that passed the shape-independent checks.
+struct Eligible<'f> {
+    node: &'f FleetNode,
+    /// Device plugin: every GPU the kubelet may hand out. DRA: the free published GPUs.
+    usable: Vec<&'f Gpu>,
+    /// How many GPUs a replica can still get here.
+    count: u32,
+    /// Bytes already promised on each GPU of a shared node.
+    reserved_bytes: u64,
+    /// Placed by exact GPU through DRA.
+    exact: bool,
+}
+
+/// The DRA path on one node: each free published GPU is judged on its own (its own free
+/// memory, its own class's estimate); the replica gets the `tp` of them the strategy prefers
+/// (MaximizeCache: the most free; Pack: the least free that still fit), and the utilization
+/// rule is applied to those GPUs only. `None` when fewer than `tp` GPUs fit (the shortfall is
+/// recorded).
+fn exact_fit<'f, 'u>(
+    cache: &mut EstimateCache<'_, 'f>,
+    rejections: &mut Rejections<'f>,
+    si: usize,
+    shape: &Shape,
+    node: &'f FleetNode,
+    usable: &[&'f Gpu],
+    headroom: u64,
+) -> Option<NodeFit<'f, 'u>> {
+    let spec = cache.spec;
+    let tp = shape.tensor_parallel_size as usize;
+    let concurrency = spec.min_concurrency.max(1) as u64;
+    let launch = |e: &Estimate| {
+        e.launch_plan(
+            concurrency,
+            headroom,
+            spec.memory.max_utilization,
+            spec.memory.strategy,
+        )
+    };
+    let view = |g: &Gpu| GpuMemoryView {
+        total_bytes: g.total_bytes,
+        free_bytes: g.free_bytes,
+        reserved_bytes: g.reserved_bytes,
+    };
+    // GPUs that fit the replica on their own, with their free bytes.
+    let mut fitting: Vec<(&'f Gpu, u64)> = Vec::with_capacity(usable.len());
+    for &g in usable {
+        let est = match cache.get(si, shape, g) {
+            Ok(e) => e,
+            Err(why) => {
+                rejections.invalid_shape(si, why);
+                return None;
+            }
+        };
+        let v = view(g);
+        if !est.load_fits(v) {
+            rejections.memory(
+                si,
+                node.name.as_str(),
+                g,
+                est.weights_load_peak_bytes
+                    .saturating_add(est.startup_overhead()),
+                v.free_bytes,
+            );
+            continue;
+        }
+        match choose_for_gpus(std::slice::from_ref(&v), &launch(est)) {
+            Ok(_) => fitting.push((g, v.free_bytes)),
+            Err((_, short)) => rejections.memory(
+                si,
+                node.name.as_str(),
+                g,
+                short.needed_free_bytes,
+                short.free_bytes,
+            ),
+        }
+    }
+    if fitting.len() < tp {
+        rejections.too_few_gpus(node.name.as_str(), tp as u32, fitting.len() as u32);
+        return None;
+    }
+    match spec.memory.strategy {
+        MemoryStrategy::MaximizeCache => {
+            fitting.sort_by_key(|(g, free)| (std::cmp::Reverse(*free), g.index))
+        }
+        MemoryStrategy::Pack => fitting.sort_by_key(|(g, free)| (*free, g.index)),
+    }
+    let mut chosen: Vec<&'f Gpu> = fitting[..tp].iter().map(|(g, _)| *g).collect();
+    chosen.sort_by_key(|g| g.index);
+    // GPUs of one node may differ in class: the replica runs with the largest estimate among
+    // its GPUs (tensor parallel ranks load equal shards).
+    let mut est: Option<Estimate> = None;
+    for g in &chosen {
+        if let Ok(e) = cache.get(si, shape, g)
+            && est
+                .as_ref()
+                .is_none_or(|cur| e.required_bytes() > cur.required_bytes())
+        {
+            est = Some(e.clone());
+        }
+    }
+    let est = est?;
+    let plan = launch(&est);
+    let views: Vec<GpuMemoryView> = chosen.iter().map(|g| view(g)).collect();
+    match choose_for_gpus(&views, &plan) {
+        Ok((fit, limiting)) => {
+            let needed = ((views[limiting].total_bytes as f64 * fit.utilization()).ceil() as u64)
+                .saturating_add(plan.startup_overhead_bytes);
+            Some(NodeFit {
+                fit,
+                leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
+                gpus: Cow::Owned(chosen),
+                exact: true,
+                estimate: est,
+                plan,
+            })
+        }
+        Err((i, short)) => {
+            rejections.memory(
+                si,
+                node.name.as_str(),
+                chosen[i],
+                short.needed_free_bytes,
+                short.free_bytes,
+            );
+            None
+        }
+    }
 }
 
 /// Plan one replica against the fleet as the ledger leaves it.
@@ -382,12 +540,18 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         .and_then(fleet::parse_compute_capability);
     let shared = spec.gpu.sharing == Sharing::Shared;
     // One pass over the ledger, not one per node: the per-node sums are what the loop needs.
-    let mut reserved: HashMap<&str, (u32, u64)> = HashMap::new();
+    let mut reserved: HashMap<&str, Booked> = HashMap::new();
     for r in ledger.iter() {
         let e = reserved.entry(r.node.as_str()).or_default();
-        e.0 = e.0.saturating_add(r.gpus);
-        e.1 = e.1.saturating_add(r.shared_bytes);
+        e.gpus = e.gpus.saturating_add(r.gpus);
+        e.shared_bytes = e.shared_bytes.saturating_add(r.shared_bytes);
+        if r.exact_gpus.is_empty() {
+            e.by_count = e.by_count.saturating_add(r.gpus);
+        } else {
+            e.exact.extend(r.exact_gpus.iter().map(String::as_str));
+        }
     }
+    let fleet_has_dra = req.gpu_allocation != GpuAllocation::DevicePlugin && fleet.has_dra();
 
     // The default model cache is an emptyDir on the node's disk, requested as ephemeral
     // storage: a node whose allocatable cannot hold it can never admit the pod (the scheduler
@@ -395,7 +559,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
     let cache_bytes = checkpoint::node_cache_bytes(spec, req.arch);
 
     // Node eligibility and usable GPUs do not depend on the shape.
-    let mut eligible: Vec<(&FleetNode, Vec<&Gpu>, u32, u64)> = Vec::new();
+    let mut eligible: Vec<Eligible> = Vec::new();
     for node in &fleet.nodes {
         if let Some(why) = &node.ineligible {
             rejections.node(node.name.as_str(), why.clone());
@@ -411,17 +575,62 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
             rejections.disk(node.name.as_str(), need, have, req.arch);
             continue;
         }
-        let usable = usable_gpus(node, spec, min_cc, req);
+        let mut usable = usable_gpus(node, spec, min_cc, req);
         if usable.is_empty() {
             rejections.no_matching_gpu(node.name.as_str(), node.gpus.len());
             continue;
         }
-        let mut count = usable.len() as u32;
         let shared_node = shared || node.sharing == Sharing::Shared;
-        let (reserved_gpus, reserved_shared_bytes) = reserved
-            .get(node.name.as_str())
-            .copied()
-            .unwrap_or_default();
+        let booked = reserved.get(node.name.as_str());
+        let (reserved_gpus, reserved_shared_bytes) =
+            booked.map_or((0, 0), |b| (b.gpus, b.shared_bytes));
+        let exact = match req.gpu_allocation {
+            GpuAllocation::DevicePlugin => false,
+            // Exact only where the driver publishes every GPU the replica may use: a GPU it
+            // does not publish stays the device plugin's, and the kubelet would pick it.
+            GpuAllocation::Auto => {
+                fleet_has_dra && !shared_node && usable.iter().all(|g| g.dra.is_some())
+            }
+            GpuAllocation::Dra => {
+                if shared_node {
+                    rejections.node(
+                        node.name.as_str(),
+                        "is shared (sharing: Shared) and a ResourceClaim takes its GPUs whole; --gpu-allocation dra places only by exact GPU".to_string(),
+                    );
+                    continue;
+                }
+                usable.retain(|g| g.dra.is_some());
+                if usable.is_empty() {
+                    rejections.node(
+                        node.name.as_str(),
+                        "publishes no usable GPU through the NVIDIA DRA driver (no gpu.nvidia.com ResourceSlice device has their UUIDs); --gpu-allocation dra places only by exact GPU".to_string(),
+                    );
+                    continue;
+                }
+                true
+            }
+        };
+        if exact {
+            // GPUs booked by UUID are taken; GPUs booked by count (a replica placed before the
+            // node's slices appeared) take some GPU the kubelet picks: count them off too.
+            if let Some(b) = booked {
+                usable.retain(|g| !b.exact.contains(&g.uuid.as_str()));
+            }
+            let count = (usable.len() as u32).saturating_sub(booked.map_or(0, |b| b.by_count));
+            if usable.is_empty() {
+                rejections.too_few_gpus(node.name.as_str(), 1, 0);
+                continue;
+            }
+            eligible.push(Eligible {
+                node,
+                usable,
+                count,
+                reserved_bytes: 0,
+                exact: true,
+            });
+            continue;
+        }
+        let mut count = usable.len() as u32;
         if !shared_node {
             count = count.saturating_sub(reserved_gpus);
             if let Some(alloc) = node.allocatable_gpus {
@@ -442,16 +651,39 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
         } else {
             0
         };
-        eligible.push((node, usable, count, reserved_bytes));
+        eligible.push(Eligible {
+            node,
+            usable,
+            count,
+            reserved_bytes,
+            exact: false,
+        });
     }
 
     let mut views: Vec<GpuMemoryView> = Vec::new();
     for (si, shape) in shapes.iter().enumerate() {
         let tp = shape.tensor_parallel_size;
         let mut best: Option<(&FleetNode, NodeFit)> = None;
-        for (node, usable, count, reserved_bytes) in &eligible {
-            if *count < tp {
-                rejections.too_few_gpus(node.name.as_str(), tp, *count);
+        for el in &eligible {
+            let (node, usable, count, reserved_bytes) =
+                (el.node, &el.usable, el.count, &el.reserved_bytes);
+            if count < tp {
+                rejections.too_few_gpus(node.name.as_str(), tp, count);
+                continue;
+            }
+            if el.exact {
+                if let Some(nf) = exact_fit(
+                    &mut cache,
+                    &mut rejections,
+                    si,
+                    shape,
+                    node,
+                    usable,
+                    headroom,
+                ) && better_fit(spec.memory.strategy, &nf, best.as_ref().map(|b| &b.1))
+                {
+                    best = Some((node, nf));
+                }
                 continue;
             }
             // Every candidate GPU could be the one the kubelet hands out: check them all and
@@ -518,21 +750,12 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
                     let nf = NodeFit {
                         fit,
                         leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
-                        usable,
+                        gpus: Cow::Borrowed(usable.as_slice()),
+                        exact: false,
                         estimate: est,
                         plan,
                     };
-                    let better = match &best {
-                        None => true,
-                        Some((_, cur)) => match spec.memory.strategy {
-                            MemoryStrategy::MaximizeCache => {
-                                nf.fit.kv_cache_bytes > cur.fit.kv_cache_bytes
-                            }
-                            MemoryStrategy::Pack => nf.leftover_bytes < cur.leftover_bytes,
-                        },
-                    };
-                    // Nodes come sorted by name, so ties keep the first name.
-                    if better {
+                    if better_fit(spec.memory.strategy, &nf, best.as_ref().map(|b| &b.1)) {
                         best = Some((node, nf));
                     }
                 }
@@ -559,7 +782,31 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
 }
 
 fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Placement {
-    let candidate_gpus: Vec<u32> = nf.usable.iter().map(|g| g.index).collect();
+    let (candidate_gpus, exact_gpus): (Vec<u32>, Vec<ExactGpu>) = if nf.exact {
+        let exact = nf
+            .gpus
+            .iter()
+            .filter_map(|g| {
+                g.dra.as_ref().map(|d| ExactGpu {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    device: d.clone(),
+                })
+            })
+            .collect();
+        (Vec::new(), exact)
+    } else {
+        (nf.gpus.iter().map(|g| g.index).collect(), Vec::new())
+    };
+    let gpus_words = if exact_gpus.is_empty() {
+        format!("candidate GPUs {candidate_gpus:?}")
+    } else {
+        let list: Vec<String> = exact_gpus
+            .iter()
+            .map(|g| format!("{} {}", g.index, g.uuid))
+            .collect();
+        format!("exact GPUs {}", list.join(", "))
+    };
     let per_block = nf.estimate.bytes_per_block().max(1);
     let kv_cache_tokens = nf.fit.kv_cache_bytes / per_block * nf.estimate.block_size;
     let flags = ServeFlags {
@@ -576,10 +823,10 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     replaced_args.append(&mut replaced_revision);
     command.extend(args::model_flags(&req.spec.model, &user, release));
     let reason = format!(
-        "{} on {} (candidate GPUs {:?}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
+        "{} on {} ({}): utilization {:.2} leaves {:.2} GiB of KV cache per GPU ({} tokens) after {:.2} GiB of weights",
         shape_words(&shape),
         node.name,
-        candidate_gpus,
+        gpus_words,
         nf.fit.utilization(),
         gib(nf.fit.kv_cache_bytes),
         kv_cache_tokens,
@@ -588,7 +835,7 @@ fn placement(req: &Request, shape: Shape, node: &FleetNode, nf: NodeFit) -> Plac
     Placement {
         node: node.name.clone(),
         candidate_gpus,
-        exact_gpus: Vec::new(),
+        exact_gpus,
         shape,
         fit: nf.fit,
         kv_cache_tokens,
