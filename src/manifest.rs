@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{GpuNode, VllmDeployment};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -67,6 +67,8 @@ pub enum Object {
     VllmDeployment(Box<VllmDeployment>),
     GpuNode(Box<GpuNode>),
     Node(Box<Node>),
+    /// A measured or hand-written memory profile (`kubectl get memoryprofiles -o yaml`).
+    MemoryProfile(Box<MemoryProfile>),
     /// Any other kind, kept so callers can say what they ignored.
     Other {
         kind: String,
@@ -344,6 +346,10 @@ impl Document {
                 served("Node", "v1")?;
                 Object::Node(Box::new(self.parse_strict(&["status"])?))
             }
+            (_, "MemoryProfile") => {
+                served("MemoryProfile", "vllm-operator.io/v1alpha1")?;
+                Object::MemoryProfile(Box::new(self.parse()?))
+            }
             (_, kind) => Object::Other {
                 kind: format!("{api_version}/{kind}"),
                 name: self.name().to_string(),
@@ -380,6 +386,7 @@ fn suggestion(kind: &str, field: &str) -> Option<String> {
     let crd = match kind {
         "VllmDeployment" => VllmDeployment::crd(),
         "GpuNode" => GpuNode::crd(),
+        "MemoryProfile" => MemoryProfile::crd(),
         _ => return None,
     };
     let schema = serde_json::to_value(crd.spec.versions.first()?.schema.as_ref()?).ok()?;

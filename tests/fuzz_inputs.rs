@@ -321,7 +321,8 @@ fn simulate(
 }
 
 fn fixed_fleet() -> (Vec<GpuNode>, Vec<k8s_openapi::api::core::v1::Node>) {
-    validate::read_fleet(&root().join("examples/fleet.yaml")).unwrap()
+    let f = validate::read_fleet(&root().join("examples/fleet.yaml")).unwrap();
+    (f.gpunodes, f.nodes)
 }
 
 fn fixed_deployments() -> Vec<vllm_operator::api::VllmDeployment> {
@@ -354,7 +355,9 @@ proptest! {
         let seeds = seeds();
         let doc = mutate(seed.get(&seeds.fleets).clone(), &m);
         let text = to_yaml(&doc);
-        if let Ok((gpunodes, _)) = validate::fleet_from_str(Path::new("fleet.yaml"), &text) {
+        if let Ok(validate::FleetFile { gpunodes, .. }) =
+            validate::fleet_from_str(Path::new("fleet.yaml"), &text)
+        {
             let deps = fixed_deployments();
             plan_all(&deps, &gpunodes);
             simulate(deps, gpunodes, &[], 12);

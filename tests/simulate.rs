@@ -16,7 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn simulate(fleet: &str, deployments: &[&str], external: &[ExternalEvent]) -> SimReport {
-    let (gpunodes, _) = read_fleet(&fixture(fleet)).unwrap();
+    let gpunodes = read_fleet(&fixture(fleet)).unwrap().gpunodes;
     let files: Vec<PathBuf> = deployments.iter().map(|d| fixture(d)).collect();
     let deps = read_deployments(&files).unwrap();
     let start: Timestamp = fleet_time(&gpunodes).unwrap();
@@ -259,7 +259,7 @@ fn memory_taken_so_the_model_no_longer_fits_is_refused_and_re_planned() {
 #[test]
 fn the_readme_example_settles_with_every_deployment_ready() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let (gpunodes, _) = read_fleet(&root.join("fleet.yaml")).unwrap();
+    let gpunodes = read_fleet(&root.join("fleet.yaml")).unwrap().gpunodes;
     let files: Vec<PathBuf> = [
         "llama-3.2-1b.yaml",
         "llama-3.1-8b.yaml",
@@ -326,7 +326,9 @@ fn two_pack_deployments_share_one_time_sliced_gpu() {
 
 #[test]
 fn a_hand_written_fleet_without_spec_is_accepted() {
-    let (gpunodes, _) = read_fleet(&fixture("fleet-handwritten.yaml")).unwrap();
+    let gpunodes = read_fleet(&fixture("fleet-handwritten.yaml"))
+        .unwrap()
+        .gpunodes;
     assert_eq!(gpunodes.len(), 1);
     let r = simulate("fleet-handwritten.yaml", &["llama-8b-a.yaml"], &[]);
     assert_eq!(status(&r, "llama-8b-a").ready_replicas, 1);

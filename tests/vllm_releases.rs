@@ -765,8 +765,9 @@ fn simulated_0_9_0_starts_beside_another_process() {
     };
     use vllm_operator::sim::{SimConfig, SimDeployment, run};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (gpunodes, _) =
-        read_fleet(&root.join("tests/fixtures/sim/fleet-one-h100-busy.yaml")).unwrap();
+    let gpunodes = read_fleet(&root.join("tests/fixtures/sim/fleet-one-h100-busy.yaml"))
+        .unwrap()
+        .gpunodes;
     let deps = read_deployments(&[root.join("tests/fixtures/sim/llama-8b-v0-9-0.yaml")]).unwrap();
     let start = fleet_time(&gpunodes).unwrap();
     let sims = deps

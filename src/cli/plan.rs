@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
@@ -26,7 +25,8 @@ pub struct PlanArgs {
     /// VllmDeployment YAML (one or more documents, or a List).
     #[arg(short = 'f', long = "file", required = true)]
     pub files: Vec<PathBuf>,
-    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it (Node objects may be added).
+    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it (Node and MemoryProfile
+    /// objects may be added).
     #[arg(long)]
     pub fleet: PathBuf,
     /// Reports older than this many seconds make a node ineligible.
@@ -39,8 +39,9 @@ pub struct PlanArgs {
     pub output: Output,
 }
 
-/// GpuNodes and Nodes from a fleet file, validated (see [`crate::validate::read_fleet`]).
-pub fn read_fleet(path: &Path) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
+/// GpuNodes, Nodes and MemoryProfiles from a fleet file, validated (see
+/// [`crate::validate::read_fleet`]).
+pub fn read_fleet(path: &Path) -> Result<crate::validate::FleetFile, String> {
     crate::validate::read_fleet(path)
 }
 
@@ -209,27 +210,29 @@ pub fn plan_deployments_with(
     results
 }
 
-/// What `plan` and `render` read: the deployments, and the fleet judged at `--now`.
+/// What `plan` and `render` read: the deployments, and the fleet judged at `--now`, with the
+/// fleet file's MemoryProfiles.
 pub fn load(
     files: &[PathBuf],
     fleet_file: &Path,
     now: Option<&str>,
     stale_after_seconds: u64,
 ) -> Result<(Vec<VllmDeployment>, Fleet, Timestamp), String> {
-    let (gpunodes, nodes) = read_fleet(fleet_file)?;
+    let file = read_fleet(fleet_file)?;
     let deployments = read_deployments(files)?;
     let now = match now {
         Some(t) => t
             .parse::<Timestamp>()
             .map_err(|e| format!("--now {t:?}: {e}"))?,
-        None => fleet_time(&gpunodes).unwrap_or_else(Timestamp::now),
+        None => fleet_time(&file.gpunodes).unwrap_or_else(Timestamp::now),
     };
     let fleet = Fleet::from_objects(
-        &gpunodes,
-        &nodes,
+        &file.gpunodes,
+        &file.nodes,
         now,
         Duration::from_secs(stale_after_seconds),
-    );
+    )
+    .with_profiles(file.profile_set());
     Ok((deployments, fleet, now))
 }
 

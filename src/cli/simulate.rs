@@ -16,7 +16,8 @@ use crate::validate::{limits, read_external};
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it.
+    /// Fleet file, as `kubectl get gpunodes -o yaml` prints it (Node and MemoryProfile objects
+    /// may be added).
     #[arg(long)]
     pub fleet: PathBuf,
     /// VllmDeployment YAML files (one or more documents each), in creation order.
@@ -46,10 +47,15 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
             limits::MAX_SIM_STEPS
         ));
     }
-    let (gpunodes, nodes) = match read_fleet(&args.fleet) {
+    let fleet_file = match read_fleet(&args.fleet) {
         Ok(f) => f,
         Err(e) => return bad(e),
     };
+    let crate::validate::FleetFile {
+        gpunodes,
+        nodes,
+        profiles,
+    } = fleet_file;
     let deployments = match read_deployments(&args.files) {
         Ok(d) => d,
         Err(e) => return bad(e),
@@ -76,6 +82,7 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
         max_steps: args.max_steps,
         stale_after: Duration::from_secs(args.stale_after_seconds),
         nodes,
+        profiles,
         ..SimConfig::default()
     };
     if step_time(start, cfg.step_seconds, cfg.max_steps).is_none() {

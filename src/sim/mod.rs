@@ -20,6 +20,7 @@ use crate::controller::decide::{self, DeploymentView, Event};
 use crate::controller::failures::FailureBook;
 use crate::model::Architecture;
 use crate::plan::{Fleet, Ledger};
+use crate::profile::Profiles;
 pub use world::World;
 
 /// Memory taken (`bytes` > 0) or freed (< 0) on one GPU by a process outside Kubernetes, or a
@@ -63,6 +64,8 @@ pub struct SimConfig {
     pub slices: Vec<k8s_openapi::api::resource::v1::ResourceSlice>,
     /// Exact GPUs through DRA or GPUs by count, as the controller's flag says.
     pub gpu_allocation: crate::plan::GpuAllocation,
+    /// MemoryProfiles stored in the cluster when the run starts (from the fleet file).
+    pub profiles: Vec<crate::api::MemoryProfile>,
 }
 
 impl Default for SimConfig {
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             reservation_timeout: Duration::from_secs(300),
             slices: Vec::new(),
             gpu_allocation: crate::plan::GpuAllocation::default(),
+            profiles: Vec::new(),
         }
     }
 }
@@ -156,7 +160,8 @@ pub fn run(
             changed = true;
         }
         let gpunodes = world.reports(now);
-        let mut fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after);
+        let mut fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after)
+            .with_profiles(Profiles::from_objects(&cfg.profiles));
         fleet.attach_slices(cfg.slices.iter());
         ledger.settle(&fleet, now, cfg.reservation_timeout);
         failures.forget_old(now);

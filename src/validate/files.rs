@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Node;
 
 use super::{MAX_MANIFEST_BYTES, Problem, limits, read_text};
-use crate::api::{GpuNode, VllmDeployment};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 use crate::manifest::{Document, Object, read_documents};
 use crate::model::resolve::resolve_local;
 use crate::sim::ExternalEvent;
@@ -69,7 +69,7 @@ fn deployments_in(path: &Path, docs: Vec<Document>) -> Result<Vec<VllmDeployment
                         doc.document
                     ));
                 }
-                Object::GpuNode(_) | Object::Node(_) => {
+                Object::GpuNode(_) | Object::Node(_) | Object::MemoryProfile(_) => {
                     return Err(format!(
                         "{}: document {}: fleet objects belong in --fleet",
                         path.display(),
@@ -88,18 +88,34 @@ fn deployments_in(path: &Path, docs: Vec<Document>) -> Result<Vec<VllmDeployment
     Ok(out)
 }
 
-/// GpuNodes and Nodes from a fleet file, each validated, and the fleet as a whole (no name
-/// twice). A file with no document at all is an error; a `List` with no items is an empty
-/// fleet (`kubectl get gpunodes -o yaml` on a cluster without agents).
-pub fn read_fleet(path: &Path) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
+/// What a fleet file holds: the agents' GpuNode reports, the kubelets' Node objects and the
+/// cluster's MemoryProfiles (`kubectl get gpunodes,nodes,memoryprofiles -o yaml`), each
+/// validated by the rules the controller applies to the same objects from the API server.
+#[derive(Clone, Debug, Default)]
+pub struct FleetFile {
+    pub gpunodes: Vec<GpuNode>,
+    pub nodes: Vec<Node>,
+    pub profiles: Vec<MemoryProfile>,
+}
+
+impl FleetFile {
+    /// The profiles as the planner looks them up (`Fleet::with_profiles`).
+    pub fn profile_set(&self) -> crate::profile::Profiles {
+        crate::profile::Profiles::from_objects(&self.profiles)
+    }
+}
+
+/// GpuNodes, Nodes and MemoryProfiles from a fleet file, each validated, and the fleet as a
+/// whole (no name twice). A file with no document at all is an error; a `List` with no items
+/// is an empty fleet (`kubectl get gpunodes -o yaml` on a cluster without agents).
+pub fn read_fleet(path: &Path) -> Result<FleetFile, String> {
     let text = read_text(path, MAX_MANIFEST_BYTES, "a fleet file").map_err(|e| e.to_string())?;
     fleet_from_str(path, &text)
 }
 
 /// As [`read_fleet`], on text already in memory.
-pub fn fleet_from_str(path: &Path, text: &str) -> Result<(Vec<GpuNode>, Vec<Node>), String> {
-    let mut gpunodes = Vec::new();
-    let mut nodes = Vec::new();
+pub fn fleet_from_str(path: &Path, text: &str) -> Result<FleetFile, String> {
+    let mut out = FleetFile::default();
     if text.lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---"
@@ -114,11 +130,15 @@ pub fn fleet_from_str(path: &Path, text: &str) -> Result<(Vec<GpuNode>, Vec<Node
         match doc.to_object().map_err(|e| e.to_string())? {
             Object::GpuNode(g) => {
                 first_problem(&doc, super::gpunode(&g))?;
-                gpunodes.push(*g);
+                out.gpunodes.push(*g);
             }
             Object::Node(n) => {
                 first_problem(&doc, super::node(&n))?;
-                nodes.push(*n);
+                out.nodes.push(*n);
+            }
+            Object::MemoryProfile(p) => {
+                first_problem(&doc, super::memory_profile(&p))?;
+                out.profiles.push(*p);
             }
             Object::VllmDeployment(d) => {
                 return Err(format!(
@@ -129,16 +149,19 @@ pub fn fleet_from_str(path: &Path, text: &str) -> Result<(Vec<GpuNode>, Vec<Node
             }
             Object::Other { kind, name } => {
                 return Err(format!(
-                    "{}: {kind} {name} is not a GpuNode or Node",
+                    "{}: {kind} {name} is not a GpuNode, Node or MemoryProfile",
                     path.display()
                 ));
             }
         }
     }
-    if let Some((kind, name, p)) = super::fleet(&gpunodes, &nodes).into_iter().next() {
+    if let Some((kind, name, p)) = super::fleet(&out.gpunodes, &out.nodes).into_iter().next() {
         return Err(format!("{}: {kind} {name}: {p}", path.display()));
     }
-    Ok((gpunodes, nodes))
+    if let Some((name, p)) = super::memory_profiles(&out.profiles).into_iter().next() {
+        return Err(format!("{}: MemoryProfile {name}: {p}", path.display()));
+    }
+    Ok(out)
 }
 
 /// `simulate --external`: a YAML list of events, strict, bounded in number, each naming a step

@@ -1,6 +1,7 @@
 //! One validation pass for everything that comes from outside the process: VllmDeployments,
-//! GpuNodes and Nodes (from the API server or from files), model architectures (inline, from a
-//! config.json, from the catalog or the Hub), simulation inputs, and the files themselves.
+//! GpuNodes, Nodes and MemoryProfiles (from the API server or from files), model architectures
+//! (inline, from a config.json, from the catalog or the Hub), simulation inputs, and the files
+//! themselves.
 //!
 //! The controller, `plan`, `simulate`, `estimate` and `render` call the same functions, so a
 //! deployment that one of them accepts is accepted by all of them. Every check returns
@@ -13,6 +14,7 @@
 mod deployment;
 mod files;
 mod fleet;
+mod profile;
 
 use std::fmt;
 use std::io::Read;
@@ -20,10 +22,11 @@ use std::path::Path;
 
 pub use deployment::{deployment, deployment_with_architecture, long_max_model_len_allowed};
 pub use files::{
-    deployments_from_str, external_from_str, fleet_from_str, read_deployments, read_external,
-    read_fleet,
+    FleetFile, deployments_from_str, external_from_str, fleet_from_str, read_deployments,
+    read_external, read_fleet,
 };
 pub use fleet::{fleet, gpunode, node};
+pub use profile::{MAX_PROFILE_BYTES, memory_profile, memory_profiles};
 
 /// Largest YAML/JSON file the CLI reads (fleet files of thousands of nodes are a few MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
