@@ -485,6 +485,15 @@ async fn scenario_a_conflict_on_the_apply_is_an_event_and_the_reconcile_goes_on(
         .await
         .unwrap()
         .unwrap();
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics.contains("vllm_operator_profile_writes_total{result=\"conflict\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vllm_operator_vllm_scrapes_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
     // No retry storm: the next reconcile does not apply again.
     let second = tokio::spawn(async move {
         expect_service_and_status(&mut handle).await;
@@ -515,6 +524,11 @@ async fn scenario_a_pod_whose_metrics_do_not_answer_is_tried_three_times_then_le
         .unwrap()
         .unwrap();
     assert_eq!(scraper.calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("vllm_operator_vllm_scrapes_total{result=\"failed\"} 3")
+    );
 }
 
 /// The README's GitOps example is a valid Manual profile.

@@ -760,12 +760,14 @@ pub async fn write_profiles(ctx: &Context, learned: &[MemoryProfile]) -> Vec<Eve
                     .await
                 {
                     Ok(_) => {
+                        super::metrics::Metrics::count(&ctx.metrics.profile_writes, "applied");
                         ctx.profile_conflicts
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&name);
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {
+                        super::metrics::Metrics::count(&ctx.metrics.profile_writes, "conflict");
                         ctx.profile_conflicts
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -779,6 +781,7 @@ pub async fn write_profiles(ctx: &Context, learned: &[MemoryProfile]) -> Vec<Eve
                         ));
                     }
                     Err(e) => {
+                        super::metrics::Metrics::count(&ctx.metrics.profile_writes, "failed");
                         events.push(problem(
                             REASON_PROFILE_WRITE_FAILED,
                             format!("apply MemoryProfile {name}: {e}"),
@@ -807,6 +810,7 @@ pub async fn write_profiles(ctx: &Context, learned: &[MemoryProfile]) -> Vec<Eve
             )
             .await
         {
+            super::metrics::Metrics::count(&ctx.metrics.profile_writes, "failed");
             events.push(problem(
                 REASON_PROFILE_WRITE_FAILED,
                 format!("patch status of MemoryProfile {name}: {e}"),

@@ -20,8 +20,17 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// MemoryProfile writes by result: `applied`, `conflict` (409 on the spec apply), `failed`.
+    pub profile_writes: Family<ResultLabels, Counter>,
+    /// Scrapes of vLLM pods' `/metrics` by result: `ok`, `no_metric`, `failed`.
+    pub vllm_scrapes: Family<ResultLabels, Counter>,
     pub reconciles: Counter,
     pub reconcile_seconds: Histogram,
     pub errors: Family<StageLabels, Counter>,
@@ -50,6 +59,18 @@ impl Default for Metrics {
         let refusals = Counter::default();
         let args_replaced = Counter::default();
         let queue_length = Gauge::default();
+        let profile_writes = Family::<ResultLabels, Counter>::default();
+        let vllm_scrapes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "profile_writes",
+            "MemoryProfile writes by result (applied, conflict, failed)",
+            profile_writes.clone(),
+        );
+        registry.register(
+            "vllm_scrapes",
+            "Scrapes of vLLM pods' /metrics by result (ok, no_metric, failed)",
+            vllm_scrapes.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of a VllmDeployment",
@@ -87,6 +108,8 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            profile_writes,
+            vllm_scrapes,
             reconciles,
             reconcile_seconds,
             errors,
@@ -104,6 +127,15 @@ impl Metrics {
     pub fn observe_reconcile(&self, took: Duration) {
         self.reconciles.inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Count one result in `family`.
+    pub fn count(family: &Family<ResultLabels, Counter>, result: &str) {
+        family
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn error(&self, stage: &str) {

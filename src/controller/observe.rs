@@ -40,7 +40,9 @@ use crate::profile::Observed;
 /// `vllm/v1/metrics/loggers.py:501-522` `log_metrics_info("cache_config", ...)`, called from
 /// `log_engine_initialized` `:617-618` after the engine set `num_gpu_blocks`,
 /// `vllm/v1/engine/core.py:91-94`; labels from `vllm/config/cache.py:157-160`
-/// `metrics_info`; V0: `vllm/engine/metrics.py:558-569`).
+/// `metrics_info`; V0: `vllm/engine/metrics.py:558-569`). Unchanged in 0.33.0
+/// (`vllm/v1/metrics/loggers.py:1114-1136`, `vllm/config/cache.py:440-443`), where
+/// `CacheConfig` also holds private fields (`_block_size_resolved`), which become labels too.
 pub const CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
 
 /// One HTTP try gives up after this long.
@@ -404,8 +406,11 @@ pub trait Scraper: Send + Sync {
 
 /// Plain HTTP GET of `http://podIP:port/metrics`, within [`SCRAPE_TIMEOUT`] and
 /// [`MAX_BODY_BYTES`]. vLLM serves `/metrics` on its API port (vLLM 0.11.0
-/// `vllm/entrypoints/openai/api_server.py:270-284`, a `prometheus_client` ASGI app) and its
-/// `--api-key` guards only `/v1` routes, so no credentials are needed.
+/// `vllm/entrypoints/openai/api_server.py:270-284`, a `prometheus_client` ASGI app; 0.33.0
+/// `vllm/entrypoints/serve/instrumentator/metrics.py:66-77`) and its `--api-key` guards only
+/// `/v1` routes (0.11.0 `api_server.py:1296-1300`; 0.33.0 `/v1`, `/v2`, `/inference`,
+/// `/cohere`, `vllm/entrypoints/serve/middleware/authenticate.py:11,55-59`), so no
+/// credentials are needed.
 #[derive(Clone, Debug, Default)]
 pub struct HttpScraper;
 
@@ -601,6 +606,12 @@ pub async fn observe_pods(
             if let Err(e) = &result {
                 tracing::debug!(pod_ip = %target.pod_ip, error = %e, "scrape of vLLM /metrics failed");
             }
+            let counted = match &result {
+                Ok(body) if cache_config_info(body).is_some() => "ok",
+                Ok(_) => "no_metric",
+                Err(_) => "failed",
+            };
+            super::metrics::Metrics::count(&ctx.metrics.vllm_scrapes, counted);
             book.record(&key, uid, result);
         }
     }
@@ -657,6 +668,15 @@ vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct
         assert_eq!(info.block_size, 16);
         assert_eq!(info.gpu_memory_utilization, Some(0.87));
         assert_eq!(info.tokens(), 2943 * 16);
+    }
+
+    /// 0.33.0: `CacheConfig`'s private fields are labels too (`vllm/config/cache.py:440-446`).
+    #[test]
+    fn cache_config_info_of_vllm_0_33_with_private_fields() {
+        let line = "vllm:cache_config_info{_block_size_resolved=\"True\",block_size=\"16\",cache_dtype=\"fp8\",engine=\"0\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"51200\"} 1.0\n";
+        let info = cache_config_info(line).unwrap();
+        assert_eq!(info.num_gpu_blocks, 51200);
+        assert_eq!(info.gpu_memory_utilization, Some(0.9));
     }
 
     #[test]
