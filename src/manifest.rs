@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -69,6 +70,8 @@ pub enum Object {
     Node(Box<Node>),
     /// A measured or hand-written memory profile (`kubectl get memoryprofiles -o yaml`).
     MemoryProfile(Box<MemoryProfile>),
+    /// A `resource.k8s.io/v1` ResourceSlice: devices a DRA driver publishes.
+    ResourceSlice(Box<ResourceSlice>),
     /// Any other kind, kept so callers can say what they ignored.
     Other {
         kind: String,
@@ -349,6 +352,14 @@ impl Document {
             (_, "MemoryProfile") => {
                 served("MemoryProfile", "vllm-operator.io/v1alpha1")?;
                 Object::MemoryProfile(Box::new(self.parse()?))
+            }
+            // Slices are what kubectl prints, never hand-written: each Kubernetes release adds
+            // device fields (v1.34 added `bindsToNode`, `bindingConditions`, ...), and a slice
+            // from a newer cluster must still read. What the planner reads (driver, nodeName,
+            // pool, device names and attributes) is checked by `validate::resource_slice`.
+            (_, "ResourceSlice") => {
+                served("ResourceSlice", "resource.k8s.io/v1")?;
+                Object::ResourceSlice(Box::new(self.parse_strict(&["spec"])?))
             }
             (_, kind) => Object::Other {
                 kind: format!("{api_version}/{kind}"),

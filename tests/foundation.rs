@@ -284,6 +284,7 @@ fn round_trip(path: &Path) -> usize {
             Object::GpuNode(o) => serde_json::to_value(&*o).unwrap(),
             Object::Node(o) => serde_json::to_value(&*o).unwrap(),
             Object::MemoryProfile(o) => serde_json::to_value(&*o).unwrap(),
+            Object::ResourceSlice(o) => serde_json::to_value(&*o).unwrap(),
             Object::Other { kind, name } => panic!("{}: unexpected {kind} {name}", path.display()),
         };
         assert_subset(

@@ -35,11 +35,16 @@ pub struct PlanArgs {
     /// The time to judge staleness at (RFC 3339); default: the newest report in the fleet file.
     #[arg(long)]
     pub now: Option<String>,
+    /// How replicas get their GPUs, as the controller's `--gpu-allocation`: `auto` pins exact
+    /// GPUs (DRA) on nodes whose GPUs the fleet file's ResourceSlices publish, else counts them
+    /// (device plugin); without slices in the file `auto` is `device-plugin`.
+    #[arg(long = "gpu-allocation", value_enum, default_value_t = GpuAllocation::Auto)]
+    pub gpu_allocation: GpuAllocation,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
 
-/// GpuNodes, Nodes and MemoryProfiles from a fleet file, validated (see
+/// GpuNodes, Nodes, MemoryProfiles and ResourceSlices from a fleet file, validated (see
 /// [`crate::validate::read_fleet`]).
 pub fn read_fleet(path: &Path) -> Result<crate::validate::FleetFile, String> {
     crate::validate::read_fleet(path)
@@ -211,7 +216,7 @@ pub fn plan_deployments_with(
 }
 
 /// What `plan` and `render` read: the deployments, and the fleet judged at `--now`, with the
-/// fleet file's MemoryProfiles.
+/// fleet file's MemoryProfiles and its ResourceSlices matched to its GPUs.
 pub fn load(
     files: &[PathBuf],
     fleet_file: &Path,
@@ -226,13 +231,14 @@ pub fn load(
             .map_err(|e| format!("--now {t:?}: {e}"))?,
         None => fleet_time(&file.gpunodes).unwrap_or_else(Timestamp::now),
     };
-    let fleet = Fleet::from_objects(
+    let mut fleet = Fleet::from_objects(
         &file.gpunodes,
         &file.nodes,
         now,
         Duration::from_secs(stale_after_seconds),
     )
     .with_profiles(file.profile_set());
+    fleet.attach_slices(file.slices.iter());
     Ok((deployments, fleet, now))
 }
 
@@ -249,7 +255,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let plans = plan_deployments(&deployments, &fleet, now);
+    let plans = plan_deployments_with(&deployments, &fleet, now, args.gpu_allocation);
     let all_placed = plans.iter().all(DeploymentPlan::admitted);
 
     match args.output {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use super::plan::{DeploymentPlan, load, namespace_of, plan_deployments};
+use super::plan::{DeploymentPlan, load, namespace_of, plan_deployments_with};
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE};
 use crate::api::VllmDeployment;
 use crate::controller::claim::{ClaimError, placement_uuids, resource_claim};
@@ -19,6 +19,7 @@ use crate::controller::decide::{placement_status, pod_name};
 use crate::controller::pod::{BuildError, PodGpus, fnv1a, gated_pod, released_pod, spec_hash};
 use crate::controller::reconcile::smallest_tensor_parallel;
 use crate::controller::service::service;
+use crate::plan::GpuAllocation;
 
 /// The launcher image the chart passes by default (`agent.image`, tag = appVersion).
 pub const DEFAULT_LAUNCHER_IMAGE: &str = concat!(
@@ -50,6 +51,10 @@ pub struct RenderArgs {
     /// `--launcher-image`).
     #[arg(long, default_value = DEFAULT_LAUNCHER_IMAGE)]
     pub launcher_image: String,
+    /// How replicas get their GPUs, as the controller's `--gpu-allocation` (see `plan`): a
+    /// replica on exact GPUs gets a ResourceClaim and a pod that references it.
+    #[arg(long = "gpu-allocation", value_enum, default_value_t = GpuAllocation::Auto)]
+    pub gpu_allocation: GpuAllocation,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
     pub output: Format,
 }
@@ -150,7 +155,7 @@ pub fn run(args: &RenderArgs) -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => return bad(e),
     };
-    let plans = plan_deployments(&deployments, &fleet, now);
+    let plans = plan_deployments_with(&deployments, &fleet, now, args.gpu_allocation);
     let list = match render_list(&deployments, &plans, &args.launcher_image) {
         Ok(list) => list,
         Err(e) => return bad(e),

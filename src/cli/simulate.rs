@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::plan::{fleet_time, offline_architecture, read_deployments, read_fleet};
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
+use crate::plan::GpuAllocation;
 use crate::sim::{SimConfig, SimDeployment, SimReport, run, step_time};
 use crate::validate::{limits, read_external};
 
@@ -31,6 +32,10 @@ pub struct SimulateArgs {
     pub max_steps: u32,
     #[arg(long = "stale-after-seconds", default_value_t = 120)]
     pub stale_after_seconds: u64,
+    /// How replicas get their GPUs, as the controller's `--gpu-allocation` (see `plan`): a
+    /// replica on exact GPUs runs on exactly those; otherwise the simulated kubelet picks.
+    #[arg(long = "gpu-allocation", value_enum, default_value_t = GpuAllocation::Auto)]
+    pub gpu_allocation: GpuAllocation,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -55,6 +60,7 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
         gpunodes,
         nodes,
         profiles,
+        slices,
     } = fleet_file;
     let deployments = match read_deployments(&args.files) {
         Ok(d) => d,
@@ -83,6 +89,8 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
         stale_after: Duration::from_secs(args.stale_after_seconds),
         nodes,
         profiles,
+        slices,
+        gpu_allocation: args.gpu_allocation,
         ..SimConfig::default()
     };
     if step_time(start, cfg.step_seconds, cfg.max_steps).is_none() {

@@ -32,6 +32,9 @@ pub struct SimPod {
     pub phase: PodPhase,
     pub placement: Option<api::Placement>,
     pub launch_plan: Option<LaunchPlan>,
+    /// DRA: the UUIDs of the exact GPUs its ResourceClaim asks for (the scheduler allocates
+    /// those or none). Empty on the device-plugin path, where the kubelet picks.
+    pub exact_gpus: Vec<String>,
     /// GPU indices the kubelet gave it, and bytes vLLM holds on each.
     pub held: Vec<(u32, u64)>,
     /// What the launcher, the agent and vLLM let the controller see of its start.
@@ -254,6 +257,7 @@ impl World {
                     phase: PodPhase::Gated,
                     placement: None,
                     launch_plan: None,
+                    exact_gpus: Vec::new(),
                     held: Vec::new(),
                     observed: Default::default(),
                 })
@@ -271,6 +275,11 @@ impl World {
                     p.phase = PodPhase::Pending;
                     p.placement = Some(status);
                     p.launch_plan = Some(placement.launch_plan.clone());
+                    p.exact_gpus = placement
+                        .exact_gpus
+                        .iter()
+                        .map(|g| g.uuid.clone())
+                        .collect();
                 }
             }
             // The pod terminates; it is gone, and its memory free, at the next step.
@@ -351,10 +360,29 @@ impl World {
                 continue;
             }
             let tp = placement.tensor_parallel_size as usize;
-            let gpus = self.kubelet_gpus(&node_name, tp);
-            if gpus.len() < tp {
-                continue; // stays Pending until GPUs free up
-            }
+            let gpus = if p.exact_gpus.is_empty() {
+                let gpus = self.kubelet_gpus(&node_name, tp);
+                if gpus.len() < tp {
+                    continue; // stays Pending until GPUs free up
+                }
+                gpus
+            } else {
+                match self.claimed_gpus(&node_name, &p.exact_gpus) {
+                    Ok(gpus) => gpus,
+                    Err(why) => {
+                        // The scheduler's DRA plugin: "cannot allocate all claims"
+                        // (Kubernetes v1.34 pkg/scheduler/framework/plugins/dynamicresources/
+                        // dynamicresources.go, Filter).
+                        self.pods[i].phase = PodPhase::Stuck {
+                            kind: StuckKind::ClaimUnallocatable,
+                            reason: format!(
+                                "the scheduler cannot allocate its planned GPUs: 0/1 nodes are available: 1 cannot allocate all claims ({why})"
+                            ),
+                        };
+                        continue;
+                    }
+                }
+            };
             let views: Vec<GpuMemoryView> = gpus.iter().map(|g| (&g.memory).into()).collect();
             let u = match choose_for_gpus(&views, plan) {
                 Ok((fit, _)) => fit.utilization(),
@@ -429,8 +457,13 @@ impl World {
                 object,
                 "Started".into(),
                 format!(
-                    "vLLM started on {node_name} GPUs {:?} with --gpu-memory-utilization {u:.2} (planned {:.2})",
+                    "vLLM started on {node_name} GPUs {:?}{} with --gpu-memory-utilization {u:.2} (planned {:.2})",
                     held.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                    if p.exact_gpus.is_empty() {
+                        " (the kubelet's pick)"
+                    } else {
+                        " (exact, by its ResourceClaim)"
+                    },
                     placement.gpu_memory_utilization
                 ),
                 false,
@@ -477,6 +510,34 @@ impl World {
         open.into_iter()
             .take(count)
             .map(|(_, g)| g.clone())
+            .collect()
+    }
+
+    /// The GPUs a ResourceClaim naming `uuids` on `node` gets: exactly those, in the claim's
+    /// order, or why the scheduler cannot allocate them (a GPU gone from the node, or one
+    /// another pod holds: a device is allocated to one claim at a time).
+    fn claimed_gpus(&self, node: &str, uuids: &[String]) -> Result<Vec<api::GpuInfo>, String> {
+        let status = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.object.status.as_ref())
+            .ok_or_else(|| format!("node {node} reports no GPUs"))?;
+        uuids
+            .iter()
+            .map(|uuid| {
+                let g = status
+                    .gpus
+                    .iter()
+                    .find(|g| &g.uuid == uuid)
+                    .ok_or_else(|| format!("GPU {uuid} is not on node {node}"))?;
+                match &g.allocated_to {
+                    Some(other) => Err(format!(
+                        "GPU {uuid} is allocated to {}/{}",
+                        other.namespace, other.name
+                    )),
+                    None => Ok(g.clone()),
+                }
+            })
             .collect()
     }
 

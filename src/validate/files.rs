@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceSlice;
 
 use super::{MAX_MANIFEST_BYTES, Problem, limits, read_text};
 use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
@@ -69,7 +70,10 @@ fn deployments_in(path: &Path, docs: Vec<Document>) -> Result<Vec<VllmDeployment
                         doc.document
                     ));
                 }
-                Object::GpuNode(_) | Object::Node(_) | Object::MemoryProfile(_) => {
+                Object::GpuNode(_)
+                | Object::Node(_)
+                | Object::MemoryProfile(_)
+                | Object::ResourceSlice(_) => {
                     return Err(format!(
                         "{}: document {}: fleet objects belong in --fleet",
                         path.display(),
@@ -90,12 +94,16 @@ fn deployments_in(path: &Path, docs: Vec<Document>) -> Result<Vec<VllmDeployment
 
 /// What a fleet file holds: the agents' GpuNode reports, the kubelets' Node objects and the
 /// cluster's MemoryProfiles (`kubectl get gpunodes,nodes,memoryprofiles -o yaml`), each
-/// validated by the rules the controller applies to the same objects from the API server.
+/// validated by the rules the controller applies to the same objects from the API server, and
+/// the ResourceSlices DRA drivers publish (`kubectl get resourceslices -o yaml`). Slices of
+/// every driver are kept; only the NVIDIA driver's are matched to GPUs
+/// ([`crate::plan::Fleet::attach_slices`]), the others are ignored there.
 #[derive(Clone, Debug, Default)]
 pub struct FleetFile {
     pub gpunodes: Vec<GpuNode>,
     pub nodes: Vec<Node>,
     pub profiles: Vec<MemoryProfile>,
+    pub slices: Vec<ResourceSlice>,
 }
 
 impl FleetFile {
@@ -105,8 +113,8 @@ impl FleetFile {
     }
 }
 
-/// GpuNodes, Nodes and MemoryProfiles from a fleet file, each validated, and the fleet as a
-/// whole (no name twice). A file with no document at all is an error; a `List` with no items
+/// GpuNodes, Nodes, MemoryProfiles and ResourceSlices from a fleet file, each validated, and
+/// the fleet as a whole (no name twice, a GPU on one node only). A file with no document at all is an error; a `List` with no items
 /// is an empty fleet (`kubectl get gpunodes -o yaml` on a cluster without agents).
 pub fn read_fleet(path: &Path) -> Result<FleetFile, String> {
     let text = read_text(path, MAX_MANIFEST_BYTES, "a fleet file").map_err(|e| e.to_string())?;
@@ -140,6 +148,10 @@ pub fn fleet_from_str(path: &Path, text: &str) -> Result<FleetFile, String> {
                 first_problem(&doc, super::memory_profile(&p))?;
                 out.profiles.push(*p);
             }
+            Object::ResourceSlice(s) => {
+                first_problem(&doc, super::resource_slice(&s))?;
+                out.slices.push(*s);
+            }
             Object::VllmDeployment(d) => {
                 return Err(format!(
                     "{}: VllmDeployment {} belongs in -f, not in the fleet file",
@@ -149,7 +161,7 @@ pub fn fleet_from_str(path: &Path, text: &str) -> Result<FleetFile, String> {
             }
             Object::Other { kind, name } => {
                 return Err(format!(
-                    "{}: {kind} {name} is not a GpuNode, Node or MemoryProfile",
+                    "{}: {kind} {name} is not a GpuNode, Node, MemoryProfile or ResourceSlice",
                     path.display()
                 ));
             }
@@ -160,6 +172,12 @@ pub fn fleet_from_str(path: &Path, text: &str) -> Result<FleetFile, String> {
     }
     if let Some((name, p)) = super::memory_profiles(&out.profiles).into_iter().next() {
         return Err(format!("{}: MemoryProfile {name}: {p}", path.display()));
+    }
+    if let Some((name, p)) = super::slices_in_fleet(&out.gpunodes, &out.slices)
+        .into_iter()
+        .next()
+    {
+        return Err(format!("{}: ResourceSlice {name}: {p}", path.display()));
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ mod deployment;
 mod files;
 mod fleet;
 mod profile;
+mod slice;
 
 use std::fmt;
 use std::io::Read;
@@ -27,6 +28,7 @@ pub use files::{
 };
 pub use fleet::{fleet, gpunode, node};
 pub use profile::{MAX_PROFILE_BYTES, memory_profile, memory_profiles};
+pub use slice::{resource_slice, slices_in_fleet};
 
 /// Largest YAML/JSON file the CLI reads (fleet files of thousands of nodes are a few MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
