@@ -606,3 +606,35 @@ async fn scenario_a_failed_starts_termination_message_creates_a_profile() {
     // A failed pod is not scraped.
     assert_eq!(scraper.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// A stored profile that breaks the fleet-file rules (here 2 PiB per GPU) is left out of
+/// planning and learning: the observation starts a fresh count under the key's name.
+#[tokio::test]
+async fn scenario_a_broken_stored_profile_is_ignored() {
+    let (client, mut handle) = mock();
+    let (ctx, _) = context(
+        client,
+        vec![stored(ProfileSource::Measured, 2 << 50)],
+        Ok(metrics_body()),
+    );
+    let server = tokio::spawn(async move {
+        let (body, send) = expect_profile_apply(&mut handle).await;
+        assert_eq!(body["spec"]["observations"], 1);
+        assert_eq!(body["spec"]["nonKvBytesPerGpu"], measured_non_kv());
+        respond(send, 200, &body);
+        let status = expect_profile_status(&mut handle).await;
+        assert_eq!(status["status"]["observations"], 1);
+        let dep = expect_service_and_status(&mut handle).await;
+        assert!(
+            dep["status"]["placements"][0]
+                .get("memoryProfile")
+                .is_none()
+        );
+        expect_nothing_more(&mut handle).await;
+    });
+    run(ctx).await;
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+}

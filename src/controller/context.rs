@@ -202,6 +202,8 @@ pub struct Context {
     /// Profiles whose spec apply answered 409 (another field manager owns a field), with the
     /// resourceVersion the conflict was met at: not applied again until the object changes.
     pub profile_conflicts: Mutex<HashMap<String, Option<String>>>,
+    /// Stored profiles found broken (`name@resourceVersion`), logged once each.
+    pub invalid_profiles: Mutex<std::collections::HashSet<String>>,
 }
 
 pub const REPORTER: &str = "vllm-operator";
@@ -235,6 +237,7 @@ impl Context {
             scrapes: Mutex::new(ScrapeBook::default()),
             unwritten_profiles: Mutex::new(HashMap::new()),
             profile_conflicts: Mutex::new(HashMap::new()),
+            invalid_profiles: Mutex::new(Default::default()),
         }
     }
 
@@ -311,13 +314,43 @@ impl Context {
             fleet.attach_slices(slices.iter().map(|s| s.as_ref()));
         }
         if !profiles.is_empty() {
-            fleet = fleet.with_profiles(crate::profile::Profiles::from_objects(
-                profiles.iter().map(|p| p.as_ref()),
-            ));
+            fleet = fleet.with_profiles(self.valid_profiles(&profiles));
         }
         let fleet = Arc::new(fleet);
         *cache = Some((std::time::Instant::now(), versions, fleet.clone()));
         fleet
+    }
+}
+
+impl Context {
+    /// The stored profiles that pass the rules `plan` and `simulate` apply to fleet files
+    /// ([`crate::validate::memory_profile`]); each broken one is logged once per version and
+    /// left out of planning.
+    fn valid_profiles(&self, stored: &[Arc<MemoryProfile>]) -> crate::profile::Profiles {
+        let mut warned = self
+            .invalid_profiles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let valid = stored.iter().filter(|p| {
+            let problems = crate::validate::memory_profile(p);
+            if problems.is_empty() {
+                return true;
+            }
+            let at = format!(
+                "{}@{}",
+                p.metadata.name.as_deref().unwrap_or(""),
+                p.metadata.resource_version.as_deref().unwrap_or("")
+            );
+            if warned.insert(at) {
+                tracing::warn!(
+                    profile = p.metadata.name.as_deref().unwrap_or(""),
+                    problems = %crate::validate::join(&problems),
+                    "MemoryProfile ignored by the planner"
+                );
+            }
+            false
+        });
+        crate::profile::Profiles::from_objects(valid.map(|p| p.as_ref()))
     }
 }
 
