@@ -175,3 +175,377 @@ fn memory_profiles_may_stand_alone_as_documents_beside_the_list() {
     assert_eq!(file.profiles[0].spec.kv_cache_dtype, KvCacheDtype::Fp8);
     assert_eq!(file.profile_set().len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// simulate --actual: the simulated vLLM takes more (or less) than the estimate; the controller
+// learns it from vLLM's own texts and figures, and the next plan uses it.
+
+use k8s_openapi::jiff::Timestamp;
+use vllm_operator::api::MemoryProfile;
+use vllm_operator::cli::plan::{fleet_time, offline_architecture, read_deployments, read_fleet};
+use vllm_operator::controller::decide::PodPhase;
+use vllm_operator::fit::GpuMemoryView;
+use vllm_operator::sim::{SimConfig, SimDeployment, SimReport, VllmTruth, run, start_ranks};
+use vllm_operator::validate::actual_from_str;
+
+fn simulate_8b(extra_bytes: i64, profiles: Vec<MemoryProfile>) -> SimReport {
+    let file = read_fleet(&fixture("fleet-two-4090.yaml")).unwrap();
+    let deps = read_deployments(&[fixture("llama-8b-4090.yaml")]).unwrap();
+    let start: Timestamp = fleet_time(&file.gpunodes).unwrap();
+    let sims = deps
+        .into_iter()
+        .map(|object| SimDeployment {
+            arch: offline_architecture(&object),
+            object,
+        })
+        .collect();
+    let cfg = SimConfig {
+        actual: [(MODEL.to_string(), extra_bytes)].into_iter().collect(),
+        profiles,
+        nodes: file.nodes,
+        ..SimConfig::default()
+    };
+    run(file.gpunodes, sims, &[], &cfg, start)
+}
+
+/// The GPUs of the fleet file as they were before the run, by (node, index).
+fn initial_gpu(node: &str, index: u32) -> GpuMemoryView {
+    let file = read_fleet(&fixture("fleet-two-4090.yaml")).unwrap();
+    let g = file
+        .gpunodes
+        .iter()
+        .find(|g| g.metadata.name.as_deref() == Some(node))
+        .unwrap();
+    let gpu = g
+        .status
+        .as_ref()
+        .unwrap()
+        .gpus
+        .iter()
+        .find(|x| x.index == index)
+        .unwrap();
+    (&gpu.memory).into()
+}
+
+/// The profiles `simulate -o json` prints, written into a fleet file and read back.
+fn profiles_through_a_fleet_file(r: &SimReport) -> Vec<MemoryProfile> {
+    let json = vllm_operator::cli::simulate::report_json(r);
+    let items = json["profiles"].as_array().unwrap().clone();
+    assert_eq!(items.len(), r.profiles.len());
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let text = format!(
+        "{}---\n{}",
+        std::fs::read_to_string(fixture("fleet-two-4090.yaml")).unwrap(),
+        serde_norway::to_string(&list).unwrap()
+    );
+    let back = fleet_from_str(Path::new("fleet-learned.yaml"), &text)
+        .unwrap()
+        .profiles;
+    assert_eq!(
+        back, r.profiles,
+        "the printed profiles read back as they were"
+    );
+    back
+}
+
+#[test]
+fn two_gib_more_than_estimated_on_24_gib_gpus_fails_once_then_runs_on_a_shape_that_fits_and_the_learned_profiles_start_the_next_run_first_time()
+ {
+    let r = simulate_8b(2 * GIB as i64, Vec::new());
+    assert!(r.settled);
+    // The first plan is tight (tp 1 leaves 5.04 GiB of KV for a 4 GiB request): with 2 GiB
+    // more non-KV memory vLLM's one-request check fails, once.
+    assert_eq!(r.startup_failures, 1, "{:#?}", r.events);
+    let failure = r
+        .events
+        .iter()
+        .find(|e| e.reason == "KvCacheTooSmall")
+        .unwrap();
+    assert!(
+        failure.message.starts_with(
+            "ValueError: To serve at least one request with the model's max seq len (32768), (4.0 GiB KV cache is needed"
+        ),
+        "{}",
+        failure.message
+    );
+    // Learned from vLLM's text: a tp-1 profile above the estimate by about the 2 GiB.
+    let (dep, status) = &r.deployments[0];
+    assert_eq!(status.ready_replicas, dep.spec.replicas);
+    let tp1 = r
+        .profiles
+        .iter()
+        .find(|p| p.spec.tensor_parallel_size == 1)
+        .expect("a tp 1 profile learned from the failure");
+    assert_eq!(tp1.spec.gpu_product, RTX_4090);
+    assert_eq!(tp1.spec.observations, 1);
+
+    // Ready on a shape that truly fits: vLLM (sim::vllm) on the final GPUs with what the model
+    // really takes starts, and its KV cache holds a whole 32k request.
+    let pod = r
+        .world
+        .pods
+        .iter()
+        .find(|p| p.phase == PodPhase::Ready)
+        .unwrap();
+    let placement = pod.placement.as_ref().unwrap();
+    assert_ne!(placement.tensor_parallel_size, 1);
+    let truth: &VllmTruth = pod.truth.as_ref().unwrap();
+    let node = placement.node.as_deref().unwrap();
+    let starts: Vec<_> = pod
+        .held
+        .iter()
+        .enumerate()
+        .map(|(rank, (index, _))| {
+            truth.start_on(
+                rank,
+                initial_gpu(node, *index),
+                placement.gpu_memory_utilization,
+            )
+        })
+        .collect();
+    let cap = start_ranks(&starts).expect("the final shape starts");
+    assert!(cap.kv_cache_tokens() >= 32768);
+    // vLLM's startup check itself passed: more non-KV memory moves the KV cache only.
+    assert!(!r.events.iter().any(|e| e.reason == "StartupCheckFailed"));
+
+    // The second run, with the learned profiles in the fleet file, starts first time.
+    let learned = profiles_through_a_fleet_file(&r);
+    let again = simulate_8b(2 * GIB as i64, learned);
+    assert!(again.settled);
+    assert_eq!(again.startup_failures, 0, "{:#?}", again.events);
+    let (dep, status) = &again.deployments[0];
+    assert_eq!(status.ready_replicas, dep.spec.replicas);
+    let p = &status.placements[0];
+    assert_eq!(
+        p.tensor_parallel_size, placement.tensor_parallel_size,
+        "the learned profile of tp 1 moves the first plan to the shape that fits"
+    );
+    assert!(p.memory_profile.is_some(), "{p:?}");
+}
+
+#[test]
+fn a_model_needing_less_than_estimated_learns_a_smaller_profile() {
+    let r = simulate_8b(-(GIB as i64), Vec::new());
+    assert!(r.settled);
+    assert_eq!(r.startup_failures, 0);
+    let pod = r
+        .world
+        .pods
+        .iter()
+        .find(|p| p.phase == PodPhase::Ready)
+        .unwrap();
+    let placement = pod.placement.as_ref().unwrap();
+    assert_eq!(placement.tensor_parallel_size, 1);
+    let planned = placement.planned_non_kv_bytes.unwrap();
+    let truth = pod.truth.as_ref().unwrap().non_kv_bytes;
+    assert_eq!(truth, planned - GIB);
+    assert_eq!(r.profiles.len(), 1);
+    let learned = r.profiles[0].spec.non_kv_bytes_per_gpu;
+    // Read from vLLM's KV blocks (/metrics): at least the truth, less than one block above it,
+    // and clearly below the estimate.
+    let block = 16 * (128 << 10);
+    assert!(
+        truth <= learned && learned < truth + block,
+        "{truth} {learned}"
+    );
+    assert!(learned < planned - GIB / 2);
+    // The status shows planned vs observed.
+    let st = &r.deployments[0].1.placements[0];
+    assert_eq!(st.observed_non_kv_bytes, Some(learned));
+    assert_eq!(st.planned_non_kv_bytes, Some(planned));
+}
+
+#[test]
+fn the_actual_file_is_validated() {
+    let path = Path::new("actual.yaml");
+    let models = [MODEL, "Qwen/Qwen2.5-7B-Instruct"];
+    let ok = actual_from_str(
+        path,
+        &format!("- {{model: {MODEL}, extraBytes: -1073741824}}\n"),
+        &models,
+    )
+    .unwrap();
+    assert_eq!(ok[0].extra_bytes, -(GIB as i64));
+    assert!(actual_from_str(path, "", &models).unwrap().is_empty());
+    for (text, needle) in [
+        (
+            "- {model: nope/Model, extraBytes: 1}".to_string(),
+            "[0].model: \"nope/Model\" is not the model of any deployment given with -f (their models: Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.1-8B-Instruct)",
+        ),
+        (
+            format!("- {{model: {MODEL}, extraBytes: 2GiB}}"),
+            "field `[0].extraBytes`",
+        ),
+        (
+            format!("- {{model: {MODEL}, extraBytes: 1.5}}"),
+            "field `[0].extraBytes`",
+        ),
+        (
+            format!("- {{model: {MODEL}, extra: 1}}"),
+            "unknown field `extra`",
+        ),
+        (
+            format!("- {{model: {MODEL}}}"),
+            "missing field `extraBytes`",
+        ),
+        (format!("model: {MODEL}"), "invalid type"),
+        (
+            format!("- {{model: {MODEL}, extraBytes: 1}}\n- {{model: {MODEL}, extraBytes: 2}}"),
+            "[1].model: \"meta-llama/Llama-3.1-8B-Instruct\" appears twice",
+        ),
+        (
+            format!("- {{model: {MODEL}, extraBytes: -9223372036854775808}}"),
+            "[0].extraBytes: -9223372036854775808 is more than",
+        ),
+    ] {
+        let err = actual_from_str(path, &text, &models).unwrap_err();
+        assert!(err.starts_with("actual.yaml: "), "{err}");
+        assert!(err.contains(needle), "{needle}\n{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profiles never loosen the startup rule.
+
+use proptest::prelude::*;
+use vllm_operator::api::{MemoryProfileSpec, MemoryProfileStatus, PodRef, ProfileSource};
+use vllm_operator::plan::{Decision, Fleet, GpuAllocation, Ledger, Request, plan_replica};
+use vllm_operator::profile::Profiles;
+
+/// One node with two RTX 4090-like GPUs of the given memory.
+fn one_node_fleet(total: u64, reserved: u64, free: [u64; 2]) -> Vec<vllm_operator::api::GpuNode> {
+    let gpus: String = free
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "    - index: {i}
+      uuid: GPU-0000prop-0000-0000-0000-00000000000{i}
+      product: {RTX_4090}
+      computeCapability: '8.9'
+      memory: {{totalBytes: {total}, freeBytes: {f}, usedBytes: {}, reservedBytes: {reserved}}}
+",
+                total - f - reserved
+            )
+        })
+        .collect();
+    let text = format!(
+        "apiVersion: vllm-operator.io/v1alpha1
+kind: GpuNode
+metadata: {{name: prop}}
+spec: {{}}
+status:
+  nodeName: prop
+  observedAt: '2026-11-26T12:00:00Z'
+  gpus:
+{gpus}"
+    );
+    fleet_from_str(Path::new("prop.yaml"), &text)
+        .unwrap()
+        .gpunodes
+}
+
+fn figure() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        0u64..(32 * GIB),
+        Just(vllm_operator::validate::MAX_PROFILE_BYTES),
+        Just(u64::MAX),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// For any profiles (Measured or Manual, any figures, 0 and huge included) of any shape,
+    /// and any GPU memory, every placement the planner makes passes vLLM's startup check
+    /// (`sim::vllm::start`, with the startup overhead the estimate knows vLLM to take) on each
+    /// GPU it may get: a profile changes the KV cache and the shape, never the check's margin.
+    #[test]
+    fn profiles_never_loosen_the_startup_rule(
+        profiles in prop::collection::vec(
+            (prop::sample::select(vec![1u32, 2]), any::<bool>(), any::<bool>(), figure(),
+             prop::option::of(figure()), prop::option::of(figure()), any::<bool>()),
+            0..4,
+        ),
+        total_gib in 16u64..96,
+        reserved_mib in 0u64..1024,
+        free_frac in (0.5f64..1.0, 0.5f64..1.0),
+        release in prop::sample::select(vec!["v0.33.0", "v0.21.0", "v0.11.0", "v0.9.1"]),
+    ) {
+        let total = total_gib * GIB;
+        let reserved = reserved_mib << 20;
+        let usable = total - reserved;
+        let free = [
+            (usable as f64 * free_frac.0) as u64,
+            (usable as f64 * free_frac.1) as u64,
+        ];
+        let gpunodes = one_node_fleet(total, reserved, free);
+        let image = format!("vllm/vllm-openai:{release}");
+        let objects: Vec<MemoryProfile> = profiles
+            .iter()
+            .enumerate()
+            .map(|(i, (tp, fp8_kv, manual, non_kv, overhead, observed, with_status))| {
+                let mut p = MemoryProfile::new(
+                    &format!("p{i}"),
+                    MemoryProfileSpec {
+                        model: MODEL.into(),
+                        revision: None,
+                        image: image.clone(),
+                        gpu_product: RTX_4090.into(),
+                        tensor_parallel_size: *tp,
+                        quantization: Quantization::None,
+                        kv_cache_dtype: if *fp8_kv { KvCacheDtype::Fp8 } else { KvCacheDtype::Auto },
+                        non_kv_bytes_per_gpu: *non_kv,
+                        startup_overhead_bytes: *overhead,
+                        observations: 1,
+                        source: if *manual { ProfileSource::Manual } else { ProfileSource::Measured },
+                    },
+                );
+                if *with_status {
+                    p.status = Some(MemoryProfileStatus {
+                        observations: 1,
+                        observed_startup_overhead_bytes: *observed,
+                        ..Default::default()
+                    });
+                }
+                p
+            })
+            .collect();
+        let now: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let fleet = Fleet::from_objects(&gpunodes, &[], now, std::time::Duration::from_secs(120))
+            .with_profiles(Profiles::from_objects(&objects));
+        let mut deps = read_deployments(&[fixture("llama-8b-4090.yaml")]).unwrap();
+        let d = deps.remove(0);
+        let mut spec = d.spec.clone();
+        spec.image = image.clone();
+        spec.kv_cache_dtype.allowed = vec![KvCacheDtype::Auto, KvCacheDtype::Fp8];
+        let arch = offline_architecture(&d).unwrap();
+        let family = vllm_operator::cli::plan::family_from_image(&image);
+        let req = Request {
+            pod: PodRef { namespace: "team-a".into(), name: "llama-8b-0-x".into() },
+            arch: &arch,
+            spec: &spec,
+            family,
+            avoid: &[],
+            gpu_allocation: GpuAllocation::default(),
+        };
+        let Decision::Placed(p) = plan_replica(&fleet, &Ledger::default(), &req) else {
+            return Ok(());
+        };
+        // vLLM as it really is: the estimate's figures (`simulate`'s truth without --actual).
+        let truth = VllmTruth::of(&p, family, 0);
+        let u = p.fit.utilization();
+        let views: Vec<GpuMemoryView> = gpunodes[0].status.as_ref().unwrap().gpus.iter()
+            .map(|g| (&g.memory).into())
+            .collect();
+        for index in &p.candidate_gpus {
+            let start = truth.start_on(0, views[*index as usize], u);
+            let result = vllm_operator::sim::vllm::start(&start);
+            prop_assert!(
+                !matches!(&result, Err(e) if e.kind == vllm_operator::controller::failures::FailureKind::StartupCheck),
+                "GPU {index} at u {u} with profile {:?}: {:?}", p.estimate.profile, result
+            );
+        }
+    }
+}

@@ -13,7 +13,7 @@ use super::plan::{fleet_time, offline_architecture, read_deployments, read_fleet
 use super::{EXIT_BAD_INPUT, EXIT_INFEASIBLE, Output};
 use crate::plan::GpuAllocation;
 use crate::sim::{SimConfig, SimDeployment, SimReport, run, step_time};
-use crate::validate::{limits, read_external};
+use crate::validate::{limits, read_actual, read_external};
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
@@ -28,6 +28,10 @@ pub struct SimulateArgs {
     /// (bytes > 0 taken, < 0 freed), or {step, node, kind: stale|delete-node}.
     #[arg(long)]
     pub external: Option<PathBuf>,
+    /// What models really take: a YAML list of {model, extraBytes}, the non-KV bytes per GPU
+    /// the simulated vLLM of that model needs beyond the estimate (negative: fewer).
+    #[arg(long)]
+    pub actual: Option<PathBuf>,
     #[arg(long = "max-steps", default_value_t = 60)]
     pub max_steps: u32,
     #[arg(long = "stale-after-seconds", default_value_t = 120)]
@@ -83,8 +87,22 @@ pub fn run_command(args: &SimulateArgs) -> ExitCode {
         },
         None => Vec::new(),
     };
+    let actual = match &args.actual {
+        Some(p) => {
+            let models: Vec<&str> = deployments
+                .iter()
+                .map(|d| d.spec.model.name.as_str())
+                .collect();
+            match read_actual(p, &models) {
+                Ok(a) => a.into_iter().map(|a| (a.model, a.extra_bytes)).collect(),
+                Err(e) => return bad(e),
+            }
+        }
+        None => Default::default(),
+    };
     let start = fleet_time(&gpunodes).unwrap_or_else(Timestamp::now);
     let cfg = SimConfig {
+        actual,
         max_steps: args.max_steps,
         stale_after: Duration::from_secs(args.stale_after_seconds),
         nodes,
@@ -142,6 +160,7 @@ pub fn report_json(r: &SimReport) -> serde_json::Value {
         "startup_failures": r.startup_failures,
         "launcher_refusals": r.launcher_refusals,
         "events": r.events,
+        "profiles": r.profiles,
     })
 }
 
@@ -228,6 +247,18 @@ pub fn table(r: &SimReport) -> String {
             gib(m.free_bytes),
             gib(m.total_bytes)
         );
+    }
+    if !r.profiles.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "memory profiles learned:");
+        for p in &r.profiles {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                p.metadata.name.as_deref().unwrap_or_default(),
+                crate::sim::profile_words(p)
+            );
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "events:");

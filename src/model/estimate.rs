@@ -179,12 +179,18 @@ impl Estimate {
         }
     }
 
-    /// vLLM's own use before its startup check: measured (with margin) when a profile has it.
+    /// vLLM's own use before its startup check: the estimate's, or a profile's measured figure
+    /// (with margin) when that is larger. A profile never lowers it: the startup check compares
+    /// free memory after this overhead with `u * total`, and a figure measured under another
+    /// driver or on a quieter GPU must not shrink the margin vLLM's check needs
+    /// (`vllm/v1/worker/utils.py` `request_memory`, 0.33.0 `:724-770`).
     pub fn startup_overhead(&self) -> u64 {
         self.profile
             .as_ref()
             .and_then(|p| p.startup_overhead_bytes)
-            .unwrap_or(self.startup_overhead_bytes)
+            .map_or(self.startup_overhead_bytes, |m| {
+                m.max(self.startup_overhead_bytes)
+            })
     }
 
     /// Use a profile's figures in place of the estimate's.

@@ -15,13 +15,13 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{GpuNode, VllmDeployment, VllmDeploymentStatus};
+use crate::api::{GpuNode, MemoryProfile, VllmDeployment, VllmDeploymentStatus};
 use crate::controller::decide::{self, DeploymentView, Event};
 use crate::controller::failures::FailureBook;
 use crate::model::Architecture;
 use crate::plan::{Fleet, Ledger};
 use crate::profile::Profiles;
-pub use world::World;
+pub use world::{VllmTruth, World, start_ranks};
 
 /// Memory taken (`bytes` > 0) or freed (< 0) on one GPU by a process outside Kubernetes, or a
 /// node event, at a step.
@@ -66,6 +66,18 @@ pub struct SimConfig {
     pub gpu_allocation: crate::plan::GpuAllocation,
     /// MemoryProfiles stored in the cluster when the run starts (from the fleet file).
     pub profiles: Vec<crate::api::MemoryProfile>,
+    /// `simulate --actual`: per model name, the non-KV bytes per GPU its vLLM really takes
+    /// beyond the estimate (negative: less).
+    pub actual: BTreeMap<String, i64>,
+}
+
+/// One entry of `simulate --actual`: the simulated vLLM of `model` really needs `extraBytes`
+/// more bytes of non-KV memory per GPU than the estimate says (negative: fewer).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActualMemory {
+    pub model: String,
+    pub extra_bytes: i64,
 }
 
 impl Default for SimConfig {
@@ -79,6 +91,7 @@ impl Default for SimConfig {
             slices: Vec::new(),
             gpu_allocation: crate::plan::GpuAllocation::default(),
             profiles: Vec::new(),
+            actual: BTreeMap::new(),
         }
     }
 }
@@ -101,9 +114,14 @@ pub struct SimReport {
     pub settled: bool,
     pub deployments: Vec<(VllmDeployment, VllmDeploymentStatus)>,
     pub world: World,
+    /// Starts vLLM ended with one of its memory failures (`sim::vllm`): the startup check, no
+    /// KV cache, or a KV cache that cannot hold one request.
     pub startup_failures: u32,
     pub launcher_refusals: u32,
     pub events: Vec<SimEvent>,
+    /// The MemoryProfiles the controller wrote during the run (created or updated), as they
+    /// stand at its end: whole objects, in the form a fleet file takes them back.
+    pub profiles: Vec<MemoryProfile>,
 }
 
 /// A deployment with its resolved architecture (or why there is none).
@@ -121,6 +139,28 @@ pub fn run(
     start: Timestamp,
 ) -> SimReport {
     let mut world = World::new(gpunodes, start);
+    for d in &deployments {
+        let key = format!(
+            "{}/{}",
+            d.object.metadata.namespace.as_deref().unwrap_or("default"),
+            d.object.metadata.name.as_deref().unwrap_or_default()
+        );
+        let family = crate::cli::plan::family_from_image(&d.object.spec.image);
+        let extra = cfg
+            .actual
+            .get(&d.object.spec.model.name)
+            .copied()
+            .unwrap_or(0);
+        world.deployments.insert(key, (family, extra));
+    }
+    // The API server's MemoryProfiles, by name: the fleet file's, then what the controller
+    // writes (a Manual profile's spec stays as written: `profile::record` keeps it).
+    let mut stored: BTreeMap<String, MemoryProfile> = cfg
+        .profiles
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), p.clone()))
+        .collect();
+    let mut written: Vec<String> = Vec::new();
     let mut ledger = Ledger::default();
     let mut failures = FailureBook::default();
     let mut statuses: BTreeMap<usize, VllmDeploymentStatus> = BTreeMap::new();
@@ -161,7 +201,7 @@ pub fn run(
         }
         let gpunodes = world.reports(now);
         let mut fleet = Fleet::from_objects(&gpunodes, &cfg.nodes, now, cfg.stale_after)
-            .with_profiles(Profiles::from_objects(&cfg.profiles));
+            .with_profiles(Profiles::from_objects(stored.values()));
         fleet.attach_slices(cfg.slices.iter());
         ledger.settle(&fleet, now, cfg.reservation_timeout);
         failures.forget_old(now);
@@ -218,6 +258,26 @@ pub fn run(
             for action in outcome.actions {
                 world.apply(&namespace, &name, action);
             }
+            for p in outcome.profiles {
+                let pname = p.metadata.name.clone().unwrap_or_default();
+                events.push(SimEvent {
+                    step,
+                    object: format!("memoryprofile/{pname}"),
+                    type_: "Normal",
+                    reason: if stored.contains_key(&pname) {
+                        "ProfileUpdated"
+                    } else {
+                        "ProfileCreated"
+                    }
+                    .into(),
+                    message: profile_words(&p),
+                });
+                if !written.contains(&pname) {
+                    written.push(pname.clone());
+                }
+                stored.insert(pname, p);
+                changed = true;
+            }
             for message in world.create_conflicts.iter().skip(conflicts_seen) {
                 events.push(SimEvent {
                     step,
@@ -258,7 +318,35 @@ pub fn run(
         startup_failures,
         launcher_refusals,
         events,
+        profiles: written
+            .iter()
+            .filter_map(|n| stored.get(n).cloned())
+            .collect(),
     }
+}
+
+/// A profile in a line: its key and figures.
+pub fn profile_words(p: &MemoryProfile) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let s = &p.spec;
+    let observed = p
+        .status
+        .as_ref()
+        .and_then(|st| st.observed_non_kv_bytes_per_gpu)
+        .map(|b| format!(", observed {:.2} GiB", gib(b)))
+        .unwrap_or_default();
+    format!(
+        "{} on {} tp {} quant {} kv {}: non-KV {:.2} GiB per GPU ({} bytes, {:?}, {} observations{observed})",
+        s.model,
+        s.gpu_product,
+        s.tensor_parallel_size,
+        s.quantization,
+        s.kv_cache_dtype,
+        gib(s.non_kv_bytes_per_gpu),
+        s.non_kv_bytes_per_gpu,
+        s.source,
+        s.observations
+    )
 }
 
 /// The simulated time of `step`, or `None` past the end of the calendar.

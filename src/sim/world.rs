@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
+use super::vllm::{KvCapacity, StartFailure, VllmStart};
 use super::{ExternalEvent, ExternalKind, SimEvent};
 use crate::api::{self, GpuMemory, GpuNode, GpuProcess, PodRef};
 use crate::controller::decide::{Action, PodPhase, PodView, StuckKind};
-use crate::fit::{GpuMemoryView, LaunchPlan, choose_for_gpus, passes_startup_check};
+use crate::controller::failures::FailureKind;
+use crate::controller::observe::observed_from_message;
+use crate::fit::{GpuMemoryView, LaunchPlan, choose_for_gpus};
+use crate::model::VllmFamily;
 
 /// The node agent's default heartbeat.
 const HEARTBEAT_SECONDS: i64 = 30;
@@ -39,6 +43,94 @@ pub struct SimPod {
     pub held: Vec<(u32, u64)>,
     /// What the launcher, the agent and vLLM let the controller see of its start.
     pub observed: crate::profile::Observed,
+    /// What its vLLM really takes, per GPU (set at release).
+    pub truth: Option<VllmTruth>,
+}
+
+/// What one replica's vLLM really takes on each of its GPUs: the estimate of its shape, plus
+/// what `simulate --actual` says the model takes beyond it. The plan may have used a
+/// MemoryProfile instead; the truth never does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VllmTruth {
+    pub release: VllmFamily,
+    pub v0_engine: bool,
+    pub others_in_budget: bool,
+    /// Non-KV bytes vLLM's profile counts in its budget.
+    pub non_kv_bytes: u64,
+    /// What vLLM holds before its free-memory snapshot.
+    pub startup_overhead_bytes: u64,
+    pub kv_bytes_per_token: u64,
+    pub max_model_len: u64,
+    pub block_size: u64,
+}
+
+impl VllmTruth {
+    /// The estimate's figures for `placement`'s shape, moved by `extra_bytes` of non-KV memory
+    /// per GPU (negative: less).
+    pub fn of(placement: &crate::plan::Placement, family: VllmFamily, extra_bytes: i64) -> Self {
+        let e = &placement.estimate;
+        let base = e.estimated_required_bytes();
+        let non_kv = if extra_bytes >= 0 {
+            base.saturating_add(extra_bytes.unsigned_abs())
+        } else {
+            base.saturating_sub(extra_bytes.unsigned_abs())
+        };
+        VllmTruth {
+            release: family,
+            v0_engine: family.rules().v0_engine,
+            others_in_budget: e.others_in_budget,
+            non_kv_bytes: non_kv,
+            startup_overhead_bytes: e.startup_overhead_bytes,
+            kv_bytes_per_token: e.kv_cache_bytes_per_token_per_gpu,
+            max_model_len: e.max_model_len,
+            block_size: e.block_size,
+        }
+    }
+
+    /// vLLM's start on the `rank`-th GPU of the replica, as it sees that GPU now.
+    pub fn start_on(&self, rank: usize, gpu: GpuMemoryView, utilization: f64) -> VllmStart {
+        VllmStart {
+            release: self.release,
+            v0_engine: self.v0_engine,
+            // Each tensor-parallel worker runs on `cuda:<local rank>` of the GPUs the pod sees.
+            device_index: rank as u32,
+            total_bytes: gpu.cuda_total_bytes(),
+            free_bytes: gpu.free_bytes,
+            startup_overhead_bytes: self.startup_overhead_bytes,
+            utilization,
+            non_kv_bytes: self.non_kv_bytes,
+            kv_bytes_per_token: self.kv_bytes_per_token,
+            max_model_len: self.max_model_len,
+            block_size: self.block_size,
+            others_in_budget: self.others_in_budget,
+        }
+    }
+}
+
+/// vLLM's start on every rank: the startup check runs on each worker first (any failing one
+/// ends the start), then the KV cache is sized to the smallest rank's blocks (vLLM takes the
+/// minimum over workers: 0.33.0 `vllm/v1/engine/core.py` `_initialize_kv_caches`,
+/// `vllm/v1/core/kv_cache_utils.py` `get_kv_cache_configs`).
+pub fn start_ranks(starts: &[VllmStart]) -> Result<KvCapacity, StartFailure> {
+    let results: Vec<Result<KvCapacity, StartFailure>> =
+        starts.iter().map(super::vllm::start).collect();
+    if let Some(Err(e)) = results
+        .iter()
+        .find(|r| matches!(r, Err(e) if e.kind == FailureKind::StartupCheck))
+    {
+        return Err(e.clone());
+    }
+    let mut best: Option<KvCapacity> = None;
+    for r in results {
+        let cap = r?;
+        if best.as_ref().is_none_or(|b| cap.num_blocks < b.num_blocks) {
+            best = Some(cap);
+        }
+    }
+    best.ok_or_else(|| StartFailure {
+        kind: FailureKind::NoKvCache,
+        message: "no GPU to start on".into(),
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +142,9 @@ pub struct World {
     /// Creates the API server would have rejected: a pod of that name still exists (being
     /// deleted), so the apply would patch it and try to re-add its scheduling gate.
     pub create_conflicts: Vec<String>,
+    /// Per deployment (`namespace/name`): its vLLM release and the non-KV bytes per GPU its
+    /// model really takes beyond the estimate (`simulate --actual`).
+    pub deployments: BTreeMap<String, (VllmFamily, i64)>,
     next_pid: u32,
 }
 
@@ -84,6 +179,7 @@ impl World {
             startup_failures: 0,
             launcher_refusals: 0,
             create_conflicts: Vec::new(),
+            deployments: BTreeMap::new(),
             next_pid: 100_000,
         }
     }
@@ -260,6 +356,7 @@ impl World {
                     exact_gpus: Vec::new(),
                     held: Vec::new(),
                     observed: Default::default(),
+                    truth: None,
                 })
             }
             Action::Release {
@@ -267,6 +364,12 @@ impl World {
                 placement,
                 status,
             } => {
+                let (family, extra) = self
+                    .deployments
+                    .get(&format!("{namespace}/{deployment}"))
+                    .copied()
+                    .unwrap_or((VllmFamily::NEWEST, 0));
+                let truth = VllmTruth::of(&placement, family, extra);
                 if let Some(p) = self
                     .pods
                     .iter_mut()
@@ -280,6 +383,7 @@ impl World {
                         .iter()
                         .map(|g| g.uuid.clone())
                         .collect();
+                    p.truth = Some(truth);
                 }
             }
             // The pod terminates; it is gone, and its memory free, at the next step.
@@ -403,26 +507,35 @@ impl World {
                     continue;
                 }
             };
-            // vLLM's own check on each rank, after its own CUDA context and NCCL exist. The
-            // releases that charge other processes to the budget have none (`model::family`).
-            let failing = views.iter().zip(&gpus).find(|(v, _)| {
-                let after = v.free_bytes.saturating_sub(plan.startup_overhead_bytes);
-                !plan.others_in_budget && !passes_startup_check(v.cuda_total_bytes(), after, u)
-            });
-            if let Some((v, g)) = failing {
-                self.startup_failures += 1;
-                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-                let message = format!(
-                    "ValueError: Free memory on device cuda:{} ({:.2}/{:.2} GiB) on startup is less than desired GPU memory utilization ({u}, {:.2} GiB).",
-                    g.index,
-                    gib(v.free_bytes.saturating_sub(plan.startup_overhead_bytes)),
-                    gib(v.cuda_total_bytes()),
-                    gib((v.cuda_total_bytes() as f64 * u).ceil() as u64)
-                );
-                out.push((object, "StartupCheckFailed".into(), message.clone(), true));
-                self.pods[i].phase = PodPhase::Failed { message };
+            // vLLM itself on each rank (`sim::vllm`): its startup check after its own CUDA
+            // context and NCCL exist, then the KV cache it really gets.
+            let Some(truth) = p.truth.clone() else {
                 continue;
-            }
+            };
+            let starts: Vec<VllmStart> = views
+                .iter()
+                .enumerate()
+                .map(|(rank, v)| truth.start_on(rank, *v, u))
+                .collect();
+            let capacity = match start_ranks(&starts) {
+                Ok(c) => c,
+                Err(failure) => {
+                    self.startup_failures += 1;
+                    let reason = match failure.kind {
+                        FailureKind::StartupCheck => "StartupCheckFailed",
+                        _ => "KvCacheTooSmall",
+                    };
+                    out.push((object, reason.into(), failure.message.clone(), true));
+                    // The controller reads the termination message back, as on a cluster
+                    // (`controller::observe`): vLLM's figures, never the simulation's truth.
+                    self.pods[i].observed =
+                        observed_from_message(&failure.message, Some(truth.kv_bytes_per_token));
+                    self.pods[i].phase = PodPhase::Failed {
+                        message: failure.message,
+                    };
+                    continue;
+                }
+            };
             let me = PodRef {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
@@ -430,14 +543,14 @@ impl World {
             let mut held = Vec::new();
             for (v, g) in views.iter().zip(&gpus) {
                 // There, `u * total` includes what others hold: vLLM takes the rest of it.
-                let others = if plan.others_in_budget {
+                let others = if truth.others_in_budget {
                     v.cuda_total_bytes().saturating_sub(v.free_bytes)
                 } else {
                     0
                 };
                 let bytes = ((v.cuda_total_bytes() as f64 * u).ceil() as u64)
                     .saturating_sub(others)
-                    .saturating_add(plan.startup_overhead_bytes)
+                    .saturating_add(truth.startup_overhead_bytes)
                     .min(v.free_bytes);
                 held.push((g.index, bytes));
                 let pid = self.next_pid;
@@ -453,18 +566,27 @@ impl World {
                     });
                 }
             }
+            // What vLLM's /metrics says once it runs (`vllm:cache_config_info`: blocks and
+            // block size, with the utilization it ran with), as the controller scrapes it.
+            self.pods[i].observed = crate::profile::Observed {
+                kv_cache_bytes: Some(capacity.kv_cache_bytes()),
+                utilization: Some(u),
+                ..Default::default()
+            };
             out.push((
                 object,
                 "Started".into(),
                 format!(
-                    "vLLM started on {node_name} GPUs {:?}{} with --gpu-memory-utilization {u:.2} (planned {:.2})",
+                    "vLLM started on {node_name} GPUs {:?}{} with --gpu-memory-utilization {u:.2} (planned {:.2}): {} KV cache blocks, {} tokens",
                     held.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
                     if p.exact_gpus.is_empty() {
                         " (the kubelet's pick)"
                     } else {
                         " (exact, by its ResourceClaim)"
                     },
-                    placement.gpu_memory_utilization
+                    placement.gpu_memory_utilization,
+                    capacity.num_blocks,
+                    capacity.kv_cache_tokens()
                 ),
                 false,
             ));

@@ -10,7 +10,7 @@ use super::{MAX_MANIFEST_BYTES, Problem, limits, read_text};
 use crate::api::{GpuNode, MemoryProfile, VllmDeployment};
 use crate::manifest::{Document, Object, read_documents};
 use crate::model::resolve::resolve_local;
-use crate::sim::ExternalEvent;
+use crate::sim::{ActualMemory, ExternalEvent};
 
 fn first_problem(doc: &Document, problems: Vec<Problem>) -> Result<(), String> {
     let mut problems = problems.into_iter();
@@ -220,4 +220,63 @@ pub fn external_from_str(
         }
     }
     Ok(events)
+}
+
+/// `simulate --actual`: a YAML list of `{model, extraBytes}`, strict (unknown fields and wrong
+/// types are errors), each naming one of `models` (the deployments' `spec.model.name`) at most
+/// once, with `|extraBytes|` at most [`super::MAX_PROFILE_BYTES`].
+pub fn read_actual(path: &Path, models: &[&str]) -> Result<Vec<ActualMemory>, String> {
+    let text =
+        read_text(path, MAX_MANIFEST_BYTES, "an --actual file").map_err(|e| e.to_string())?;
+    actual_from_str(path, &text, models)
+}
+
+/// As [`read_actual`], on text already in memory.
+pub fn actual_from_str(
+    path: &Path,
+    text: &str,
+    models: &[&str],
+) -> Result<Vec<ActualMemory>, String> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let entries = serde_path_to_error::deserialize::<_, Option<Vec<ActualMemory>>>(de)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
+    if entries.len() > limits::MAX_SIM_EVENTS {
+        return Err(format!(
+            "{}: {} entries, more than {}",
+            path.display(),
+            entries.len(),
+            limits::MAX_SIM_EVENTS
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in entries.iter().enumerate() {
+        if !models.contains(&a.model.as_str()) {
+            let mut known: Vec<&str> = models.to_vec();
+            known.sort_unstable();
+            known.dedup();
+            return Err(format!(
+                "{}: [{i}].model: {:?} is not the model of any deployment given with -f (their models: {})",
+                path.display(),
+                a.model,
+                known.join(", ")
+            ));
+        }
+        if !seen.insert(a.model.as_str()) {
+            return Err(format!(
+                "{}: [{i}].model: {:?} appears twice",
+                path.display(),
+                a.model
+            ));
+        }
+        if a.extra_bytes.unsigned_abs() > super::MAX_PROFILE_BYTES {
+            return Err(format!(
+                "{}: [{i}].extraBytes: {} is more than {} bytes (1 PiB) either way",
+                path.display(),
+                a.extra_bytes,
+                super::MAX_PROFILE_BYTES
+            ));
+        }
+    }
+    Ok(entries)
 }

@@ -23,8 +23,8 @@ use std::path::Path;
 
 pub use deployment::{deployment, deployment_with_architecture, long_max_model_len_allowed};
 pub use files::{
-    FleetFile, deployments_from_str, external_from_str, fleet_from_str, read_deployments,
-    read_external, read_fleet,
+    FleetFile, actual_from_str, deployments_from_str, external_from_str, fleet_from_str,
+    read_actual, read_deployments, read_external, read_fleet,
 };
 pub use fleet::{fleet, gpunode, node};
 pub use profile::{MAX_PROFILE_BYTES, memory_profile, memory_profiles};
