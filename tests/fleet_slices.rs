@@ -200,6 +200,14 @@ fn the_api_servers_rules_name_the_field() {
             &["spec.devices[0].attributes.brand", "longer than 64"],
         ),
         (
+            "a UUID that could end the claim's CEL string",
+            Box::new(|s| {
+                s["spec"]["devices"][1]["attributes"]["uuid"] =
+                    json!({"string": "GPU-1\" || true || \""})
+            }),
+            &["spec.devices[1].attributes.uuid", "that NVML reports"],
+        ),
+        (
             "one UUID for two GPUs",
             Box::new(|s| {
                 s["spec"]["devices"][3]["attributes"]["uuid"] =

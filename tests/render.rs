@@ -13,6 +13,9 @@ use serde_json::Value;
 
 /// The version scripts/check-chart.sh validates the chart against.
 const KUBE_VERSION: &str = "1.33.0";
+/// Objects with a ResourceClaim are validated against 1.34, the first release that serves
+/// `resource.k8s.io/v1` (DRA GA: Kubernetes v1.34 CHANGELOG, KEP-4381).
+const DRA_KUBE_VERSION: &str = "1.34.0";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,8 +40,14 @@ fn kubernetes_validate() -> PathBuf {
 
 /// `render -o json` of `file` on `fleet`: exit code, the List, stderr.
 fn render(file: &Path, fleet: &Path) -> (i32, Value, String) {
+    render_with(file, fleet, &[])
+}
+
+/// As [`render`], with more arguments.
+fn render_with(file: &Path, fleet: &Path, extra: &[&str]) -> (i32, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vllm-operator"))
         .arg("render")
+        .args(extra)
         .arg("-f")
         .arg(file)
         .arg("--fleet")
@@ -101,8 +110,13 @@ fn validate(label: &str, items: &[Value]) {
         std::fs::write(&path, serde_norway::to_string(item).unwrap()).unwrap();
         files.push(path);
     }
+    let version = if items.iter().any(|i| i["kind"] == "ResourceClaim") {
+        DRA_KUBE_VERSION
+    } else {
+        KUBE_VERSION
+    };
     let out = Command::new(kubernetes_validate())
-        .args(["--strict", "--kubernetes-version", KUBE_VERSION])
+        .args(["--strict", "--kubernetes-version", version])
         .args(&files)
         .output()
         .expect("run kubernetes-validate");
@@ -143,10 +157,16 @@ fn kinds(list: &Value) -> Vec<&str> {
 
 #[test]
 fn examples_render_released_pods_that_pass_kubernetes_validate_strict() {
-    let fleet = root().join("examples/fleet.yaml");
     let files = deployment_files(&root().join("examples"));
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     for file in files {
+        // An example with its own fleet (examples/dra-exact-gpus) is placed on it.
+        let own = file.with_file_name("fleet.yaml");
+        let fleet = if own.exists() {
+            own
+        } else {
+            root().join("examples/fleet.yaml")
+        };
         let (code, list, stderr) = render(&file, &fleet);
         assert_eq!(code, 0, "{}: {stderr}", file.display());
         assert_eq!(list["apiVersion"], "v1");
@@ -401,5 +421,101 @@ fn weights_reach_the_pod_in_every_cache_mode() {
             args.contains(r#""--served-model-name","meta-llama/Llama-3.1-8B-Instruct""#),
             "{args}"
         );
+    }
+}
+
+/// The DRA example: each replica's ResourceClaim comes before its pod, asks for exactly the GPU
+/// `plan` chose (by UUID, through the NVIDIA DeviceClass), and the pod references it from
+/// `spec.resourceClaims` and the vLLM container's `resources.claims`, without `nvidia.com/gpu`;
+/// everything passes kubernetes-validate --strict for 1.34. Without slices, no claim at all.
+#[test]
+fn dra_replicas_render_their_claims_before_their_pods_and_pass_1_34_strict() {
+    let file = root().join("examples/dra-exact-gpus/llama-3.1-8b.yaml");
+    let (code, list, stderr) = render(&file, &root().join("examples/dra-exact-gpus/fleet.yaml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        kinds(&list),
+        [
+            "Service",
+            "ResourceClaim",
+            "Pod",
+            "ResourceClaim",
+            "Pod",
+            "ResourceClaim",
+            "Pod"
+        ]
+    );
+    let items = list["items"].as_array().unwrap();
+    let mut claimed = Vec::new();
+    for pair in items[1..].chunks(2) {
+        let (claim, pod) = (&pair[0], &pair[1]);
+        let name = claim["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            pod["metadata"]["name"], name,
+            "the claim is named after its pod"
+        );
+        assert_eq!(
+            claim["metadata"]["ownerReferences"][0]["kind"],
+            "VllmDeployment"
+        );
+        let requests = claim["spec"]["devices"]["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), 1, "tp 1: one GPU");
+        let exactly = &requests[0]["exactly"];
+        assert_eq!(exactly["deviceClassName"], "gpu.nvidia.com");
+        assert_eq!(exactly["count"], 1);
+        let cel = exactly["selectors"][0]["cel"]["expression"]
+            .as_str()
+            .unwrap();
+        let uuid = pod["metadata"]["annotations"]["vllm-operator.io/gpu-uuids"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            cel,
+            format!("device.attributes[\"gpu.nvidia.com\"].uuid == \"{uuid}\"")
+        );
+        claimed.push(uuid.to_string());
+        let refs = pod["spec"]["resourceClaims"].as_array().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0]["resourceClaimName"], name);
+        let container = vllm(pod);
+        assert_eq!(container["resources"]["claims"][0]["name"], refs[0]["name"]);
+        for kind in ["limits", "requests"] {
+            assert!(
+                container["resources"][kind].get("nvidia.com/gpu").is_none(),
+                "{container}"
+            );
+        }
+    }
+    // GPUs 1, 2 and 3, one each; GPU 0 (60 GiB held outside Kubernetes) is claimed by none.
+    claimed.sort();
+    assert_eq!(
+        claimed,
+        (1..=3)
+            .map(|i| format!("GPU-4d2c7e1a-000{i}-4b7e-8c1d-0000000d0a0{i}"))
+            .collect::<Vec<_>>()
+    );
+    validate("dra-exact-gpus", items);
+
+    // The same node with the device plugin: nothing placed, gated pods that count GPUs.
+    for (fleet, extra) in [
+        ("examples/dra-exact-gpus/fleet-device-plugin.yaml", &[][..]),
+        (
+            "examples/dra-exact-gpus/fleet.yaml",
+            &["--gpu-allocation", "device-plugin"][..],
+        ),
+    ] {
+        let (code, list, stderr) = render_with(&file, &root().join(fleet), extra);
+        assert_eq!(code, 2, "{fleet}: {stderr}");
+        assert!(stderr.contains("GPU 0"), "{stderr}");
+        assert!(!kinds(&list).contains(&"ResourceClaim"), "{fleet}");
+        for pod in list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "Pod")
+        {
+            assert!(pod["spec"].get("resourceClaims").is_none());
+            assert_eq!(vllm(pod)["resources"]["limits"]["nvidia.com/gpu"], "1");
+        }
     }
 }

@@ -205,7 +205,10 @@ pub fn resource_slice(s: &ResourceSlice) -> Vec<Problem> {
         {
             match nvidia_attribute(d.attributes.as_ref(), "uuid").map(|a| a.string.as_deref()) {
                 Some(Some(uuid)) if !uuid.is_empty() => {
-                    if let Some(j) = uuids.insert(uuid, i) {
+                    // The UUID goes into a claim's CEL selector: only NVML's form is safe there.
+                    if let Err(e) = crate::controller::claim::check_uuid(uuid) {
+                        out.push(Problem::new(at("attributes.uuid"), e.to_string()));
+                    } else if let Some(j) = uuids.insert(uuid, i) {
                         out.push(Problem::new(
                             at("attributes.uuid"),
                             format!("{uuid} is also the UUID of spec.devices[{j}]"),
