@@ -549,3 +549,90 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// examples/learned-profiles, run as its README says.
+
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vllm-operator"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn the_learned_profiles_example_runs_as_its_readme_says() {
+    let e = "examples/learned-profiles";
+    let (fleet, dep, actual) = (
+        format!("{e}/fleet.yaml"),
+        format!("{e}/deployment.yaml"),
+        format!("{e}/actual.yaml"),
+    );
+    let args = [
+        "simulate", "--fleet", &fleet, "-f", &dep, "--actual", &actual,
+    ];
+    let (code, table) = run_cli(&args);
+    assert_eq!(code, 2, "{table}");
+    for figure in [
+        "settled after 9 steps; vLLM startup failures: 1; launcher refusals: 0",
+        "ready 1/1  [Ready]",
+        "tp 2 none  kv auto  util 0.89  184752 KV tokens",
+        "non-KV 18.98 GiB per GPU (20375551345 bytes, Measured, 1 observations",
+        "non-KV 11.79 GiB per GPU (12657402840 bytes, Measured, 1 observations",
+        "utilization 0.93 leaves 5.04 GiB of KV cache per GPU (41264 tokens) after 14.96 GiB of weights",
+        "available KV cache memory (3.04 GiB). Based on the available memory, the estimated maximum model length is 24864.",
+        "(vLLM had 3.04 GiB for KV cache of 22.01 GiB requested (u 0.93 of 23.67 GiB): non-KV 18.98 GiB)",
+        "utilization 0.89 leaves 11.28 GiB of KV cache per GPU (184752 tokens)",
+        "(planned 0.89): 9499 KV cache blocks, 151984 tokens",
+    ] {
+        assert!(table.contains(figure), "{figure}\n{table}");
+    }
+    let (code, json) = run_cli(&[&args[..], &["-o", "json"]].concat());
+    assert_eq!(code, 2);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let placement = &json["deployments"][0]["placements"][0];
+    assert_eq!(placement["plannedNonKvBytes"], 10509885440u64);
+    assert_eq!(placement["observedNonKvBytes"], 12657402840u64);
+    // The README's jq: the profiles as a List, appended to the fleet file.
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": json["profiles"]});
+    let text = format!(
+        "{}---\n{}",
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&fleet)).unwrap(),
+        serde_json::to_string_pretty(&list).unwrap()
+    );
+    let learned = write_temp("fleet-learned.yaml", &text);
+    let learned = learned.to_str().unwrap();
+    let (code, table) = run_cli(&[
+        "simulate", "--fleet", learned, "-f", &dep, "--actual", &actual,
+    ]);
+    assert_eq!(code, 0, "{table}");
+    for figure in [
+        "settled after 6 steps; vLLM startup failures: 0; launcher refusals: 0",
+        "tp 2 none  kv auto  util 0.89  147648 KV tokens",
+        "utilization 0.89 leaves 9.01 GiB of KV cache per GPU (147648 tokens) after 7.48 GiB of weights",
+        "(planned 0.89): 9499 KV cache blocks, 151984 tokens",
+    ] {
+        assert!(table.contains(figure), "{figure}\n{table}");
+    }
+    let (_, json) = run_cli(&[
+        "simulate", "--fleet", learned, "-f", &dep, "--actual", &actual, "-o", "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let placement = &json["deployments"][0]["placements"][0];
+    assert_eq!(placement["plannedNonKvBytes"], 12941263268u64);
+    assert_eq!(
+        placement["memoryProfile"],
+        "llama-3-1-8b-instruct-geforce-rtx-4090-tp2-27660680a3de1077"
+    );
+    // plan and render read the same fleet file.
+    let (code, plan) = run_cli(&["plan", "-f", &dep, "--fleet", learned]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("tp 2"), "{plan}");
+    let (code, _) = run_cli(&["render", "-f", &dep, "--fleet", learned]);
+    assert_eq!(code, 0);
+}

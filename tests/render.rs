@@ -158,7 +158,7 @@ fn kinds(list: &Value) -> Vec<&str> {
 #[test]
 fn examples_render_released_pods_that_pass_kubernetes_validate_strict() {
     let files = deployment_files(&root().join("examples"));
-    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.len(), 6, "{files:?}");
     for file in files {
         // An example with its own fleet (examples/dra-exact-gpus) is placed on it.
         let own = file.with_file_name("fleet.yaml");
