@@ -356,6 +356,41 @@ fn a_model_needing_less_than_estimated_learns_a_smaller_profile() {
 }
 
 #[test]
+fn a_model_that_fits_no_shape_fails_at_most_once_per_shape_then_is_refused_with_the_measured_numbers()
+ {
+    // 12 GiB more than estimated: tp 1 finds no KV memory at all (vLLM's "No available memory
+    // for the cache blocks": the learned figure is then at least everything it requested),
+    // tp 2 neither; then no shape allowed fits and the refusal says why, in learned figures.
+    let r = simulate_8b(12 * GIB as i64, Vec::new());
+    assert!(r.settled);
+    assert!(r.startup_failures <= 2, "{:#?}", r.events);
+    let (_, status) = &r.deployments[0];
+    assert_eq!(status.ready_replicas, 0);
+    let tps: Vec<u32> = r
+        .profiles
+        .iter()
+        .map(|p| p.spec.tensor_parallel_size)
+        .collect();
+    assert_eq!(tps, [1, 2]);
+    let tp2 = &r.profiles[1];
+    assert!(tp2.spec.non_kv_bytes_per_gpu > 20 * GIB);
+    let admitted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap();
+    assert_eq!(admitted.status, "False");
+    assert_eq!(admitted.reason, "InsufficientGpuMemory");
+    assert!(
+        admitted
+            .message
+            .contains("needs 25.7 GiB free, has 23.4 GiB [tp 2"),
+        "{}",
+        admitted.message
+    );
+}
+
+#[test]
 fn the_actual_file_is_validated() {
     let path = Path::new("actual.yaml");
     let models = [MODEL, "Qwen/Qwen2.5-7B-Instruct"];
