@@ -570,3 +570,132 @@ fn without_the_dra_api_every_mode_runs_as_device_plugin() {
         GpuAllocation::Dra
     );
 }
+
+/// Every request one reconcile sends, answered as the API server would accept it (writes
+/// echoed, creates 201), until it has been quiet for a moment.
+async fn record(mut handle: Handle) -> Vec<(http::Method, String, Value)> {
+    let mut seen = Vec::new();
+    while let Ok(Some((req, send))) =
+        tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await
+    {
+        let method = req.method().clone();
+        let uri = req.uri().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let echo = if uri.contains("/status?") {
+            let mut echo = serde_json::to_value(deployment()).unwrap();
+            echo["status"] = body["status"].clone();
+            echo
+        } else if body.is_array() {
+            // A JSON patch (the release): the pod as it now is.
+            serde_json::to_value(claim_pod()).unwrap()
+        } else {
+            let mut echo = body.clone();
+            if echo.is_object() {
+                echo["metadata"]["uid"] = json!("new-uid");
+            }
+            echo
+        };
+        let code = if method == http::Method::POST {
+            201
+        } else {
+            200
+        };
+        respond(send, code, &echo);
+        seen.push((method, uri, body));
+    }
+    seen
+}
+
+/// From nothing to a released pod on the DRA fleet, through `reconcile` itself: the first
+/// reconcile creates the replica's pod gated, already referencing its claim by name (both
+/// references are immutable) and without `nvidia.com/gpu`; the next one, with that pod in the
+/// cache, creates the ResourceClaim for the planned GPU and only then releases the pod.
+#[tokio::test]
+async fn scenario_reconcile_creates_the_gated_claim_pod_then_the_claim_then_releases_it() {
+    // 1. No pod yet.
+    let (client, handle) = mock();
+    let ctx = context(client, vec![], vec![]);
+    let server = tokio::spawn(record(handle));
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    let pods: Vec<&Value> = seen
+        .iter()
+        .filter(|(m, u, _)| {
+            (*m == http::Method::POST || *m == http::Method::PATCH) && u.contains("/pods")
+        })
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(pods.len(), 1, "{seen:#?}");
+    assert!(
+        !seen.iter().any(|(_, u, _)| u.starts_with(CLAIMS)),
+        "no claim before the pod exists: {seen:#?}"
+    );
+    let created: Pod = serde_json::from_value(pods[0].clone()).unwrap();
+    assert_eq!(created.metadata.name.as_deref(), Some(pod_name().as_str()));
+    let spec = created.spec.clone().unwrap();
+    assert!(
+        spec.scheduling_gates
+            .iter()
+            .flatten()
+            .any(|g| g.name.starts_with("vllm-operator.io/")),
+        "created gated: {spec:?}"
+    );
+    let refs = spec.resource_claims.clone().unwrap_or_default();
+    assert_eq!(refs.len(), 1, "{spec:?}");
+    assert_eq!(
+        refs[0].resource_claim_name.as_deref(),
+        Some(pod_name().as_str())
+    );
+    let vllm = spec.containers.iter().find(|c| c.name == "vllm").unwrap();
+    let resources = vllm.resources.clone().unwrap();
+    assert_eq!(resources.claims.unwrap()[0].name, refs[0].name);
+    for q in [resources.limits, resources.requests].into_iter().flatten() {
+        assert!(!q.contains_key("nvidia.com/gpu"), "{q:?}");
+    }
+
+    // 2. The gated pod is in the cache: claim first, then the release of the pod.
+    let mut cached = created;
+    cached.metadata.uid = Some("pod-uid".into());
+    cached.metadata.resource_version = Some("7".into());
+    let (client, handle) = mock();
+    let ctx = context(client, vec![cached], vec![]);
+    let server = tokio::spawn(record(handle));
+    reconcile(Arc::new(DeserializeGuard(Ok(deployment()))), ctx)
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    let claim = seen
+        .iter()
+        .position(|(m, u, _)| *m == http::Method::POST && u.starts_with(CLAIMS))
+        .unwrap_or_else(|| panic!("no claim created: {seen:#?}"));
+    let release = seen
+        .iter()
+        .position(|(m, u, _)| {
+            *m == http::Method::PATCH && u.contains(&format!("/pods/{}", pod_name()))
+        })
+        .unwrap_or_else(|| panic!("no release: {seen:#?}"));
+    assert!(
+        claim < release,
+        "the claim goes in before the pod is released"
+    );
+    let body = &seen[claim].2;
+    assert_eq!(body["metadata"]["name"], pod_name());
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "dep-uid");
+    assert_eq!(
+        body["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]["cel"]["expression"],
+        format!("device.attributes[\"gpu.nvidia.com\"].uuid == \"{GPU}\"")
+    );
+    let patch = seen[release].2.to_string();
+    assert!(patch.contains("schedulingGates"), "{patch}");
+    assert!(
+        patch.contains(GPU),
+        "the planned UUID is annotated: {patch}"
+    );
+}
