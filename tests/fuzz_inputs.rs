@@ -7,6 +7,7 @@
 //! panic too), and that whatever is placed is physically possible. Cases per property:
 //! `HOSTILE_CASES` (default 300; the numbers in the closing note used more).
 
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,6 +65,9 @@ fn seeds() -> Seeds {
     yaml.extend(files("tests/fixtures/sim", ".yaml"));
     yaml.extend(files("tests/fixtures/hostile", ".yaml"));
     yaml.extend(files("tests/fixtures/planner", ".yaml"));
+    // A fleet with the NVIDIA DRA driver's ResourceSlice: mutated slices are refused or planned
+    // on exact GPUs.
+    yaml.extend(files("examples/dra-exact-gpus", ".yaml"));
     let mut events = Vec::new();
     for f in &yaml {
         for v in yaml_values(f) {
@@ -237,9 +241,14 @@ fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
 }
 
 /// Plan every replica (at most 4 per deployment) and check that each placement is possible.
-fn plan_all(deployments: &[vllm_operator::api::VllmDeployment], gpunodes: &[GpuNode]) {
+fn plan_all(
+    deployments: &[vllm_operator::api::VllmDeployment],
+    gpunodes: &[GpuNode],
+    slices: &[ResourceSlice],
+) {
     let now = fleet_time(gpunodes).unwrap_or_else(|| "2026-11-26T12:00:00Z".parse().unwrap());
-    let fleet = Fleet::from_objects(gpunodes, &[], now, Duration::from_secs(120));
+    let mut fleet = Fleet::from_objects(gpunodes, &[], now, Duration::from_secs(120));
+    fleet.attach_slices(slices.iter());
     let mut ledger = Ledger::default();
     for d in deployments {
         let Ok(arch) = offline_architecture(d) else {
@@ -263,6 +272,17 @@ fn plan_all(deployments: &[vllm_operator::api::VllmDeployment], gpunodes: &[GpuN
                     let node = fleet.node(&p.node).expect("placed on a fleet node");
                     let u = p.fit.utilization();
                     assert!(u > 0.0 && u <= 1.0, "utilization {u}");
+                    // Exact GPUs: tp of them, distinct, each a published GPU of that node.
+                    if !p.exact_gpus.is_empty() {
+                        assert_eq!(p.exact_gpus.len() as u32, p.shape.tensor_parallel_size);
+                        for e in &p.exact_gpus {
+                            let g = node.gpus.iter().find(|g| g.uuid == e.uuid);
+                            assert!(
+                                g.is_some_and(|g| g.dra.as_ref() == Some(&e.device)),
+                                "{e:?}"
+                            );
+                        }
+                    }
                     for g in node
                         .gpus
                         .iter()
@@ -293,6 +313,7 @@ fn simulate(
     gpunodes: Vec<GpuNode>,
     external: &[vllm_operator::sim::ExternalEvent],
     max_steps: u32,
+    slices: Vec<ResourceSlice>,
 ) {
     let replicas: i64 = deployments
         .iter()
@@ -305,6 +326,7 @@ fn simulate(
         fleet_time(&gpunodes).unwrap_or_else(|| "2026-11-26T12:00:00Z".parse().unwrap());
     let cfg = SimConfig {
         max_steps,
+        slices,
         ..SimConfig::default()
     };
     let sims = deployments
@@ -342,8 +364,8 @@ proptest! {
         let text = to_yaml(&doc);
         if let Ok(deps) = validate::deployments_from_str(Path::new("mutated.yaml"), &text) {
             let (gpunodes, _) = fixed_fleet();
-            plan_all(&deps, &gpunodes);
-            simulate(deps, gpunodes, &[], 12);
+            plan_all(&deps, &gpunodes, &[]);
+            simulate(deps, gpunodes, &[], 12, Vec::new());
         }
     }
 
@@ -355,12 +377,12 @@ proptest! {
         let seeds = seeds();
         let doc = mutate(seed.get(&seeds.fleets).clone(), &m);
         let text = to_yaml(&doc);
-        if let Ok(validate::FleetFile { gpunodes, .. }) =
+        if let Ok(validate::FleetFile { gpunodes, slices, .. }) =
             validate::fleet_from_str(Path::new("fleet.yaml"), &text)
         {
             let deps = fixed_deployments();
-            plan_all(&deps, &gpunodes);
-            simulate(deps, gpunodes, &[], 12);
+            plan_all(&deps, &gpunodes, &slices);
+            simulate(deps, gpunodes, &[], 12, slices);
         }
     }
 
@@ -387,7 +409,7 @@ proptest! {
         let text = to_yaml(&doc);
         if let Ok(events) = validate::external_from_str(Path::new("events.yaml"), &text, 30) {
             let (gpunodes, _) = fixed_fleet();
-            simulate(fixed_deployments(), gpunodes, &events, 30);
+            simulate(fixed_deployments(), gpunodes, &events, 30, Vec::new());
         }
     }
 }
