@@ -1,6 +1,8 @@
 //! One replica decision on a fleet of 5,000 nodes x 8 GPUs (H100 / A100 / L4, some partly
 //! used), 1,000 deployments planned in sequence against one ledger, and one decision at
-//! 1,250 / 2,500 / 5,000 nodes to show the cost grows linearly with the GPUs.
+//! 1,250 / 2,500 / 5,000 nodes to show the cost grows linearly with the GPUs. The `-dra`
+//! variants run the same fleet with every GPU published by the NVIDIA DRA driver, so each
+//! replica is placed by exact GPU.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use vllm_operator::api::{PodRef, Sharing, VllmDeploymentSpec};
 use vllm_operator::model::VllmFamily;
 use vllm_operator::model::catalog::lookup;
-use vllm_operator::plan::fleet::{Fleet, FleetNode, Gpu};
+use vllm_operator::plan::fleet::{DraDevice, Fleet, FleetNode, Gpu, NVIDIA_DRA_DRIVER};
 use vllm_operator::plan::{Decision, Ledger, Request, plan_replica, reservation_for};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -88,6 +90,21 @@ fn fleet(nodes: usize) -> Fleet {
     }
 }
 
+/// The same fleet with every GPU published as a `gpu.nvidia.com` device.
+fn fleet_dra(nodes: usize) -> Fleet {
+    let mut f = fleet(nodes);
+    for node in &mut f.nodes {
+        for g in &mut node.gpus {
+            g.dra = Some(DraDevice {
+                driver: NVIDIA_DRA_DRIVER.into(),
+                pool: node.name.clone(),
+                device: format!("gpu-{}", g.index),
+            });
+        }
+    }
+    f
+}
+
 fn spec() -> VllmDeploymentSpec {
     serde_norway::from_str(&format!(
         "model: {{name: {MODEL}}}\nmaxModelLen: 8192\ntensorParallel: {{sizes: [1, 2, 4, 8]}}"
@@ -119,32 +136,51 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(plan_replica(black_box(&big), &ledger, &r)))
     });
 
+    let big_dra = fleet_dra(5_000);
+    group.bench_function("one_decision/5000x8-dra", |b| {
+        let ledger = Ledger::default();
+        let r = req(0);
+        b.iter(|| {
+            let d = plan_replica(black_box(&big_dra), &ledger, &r);
+            debug_assert!(matches!(&d, Decision::Placed(p) if !p.exact_gpus.is_empty()));
+            black_box(d)
+        })
+    });
+
     // 1,000 single-replica deployments in sequence, each seeing the ledger the previous left.
     // Flat sampling: ten runs of 1,000 decisions, not 1 + 2 + ... + 10 of them.
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(1_000));
-    group.bench_function("1000_deployments_in_sequence/5000x8", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let mut ledger = Ledger::default();
-                let start = Instant::now();
-                for i in 0..1_000 {
-                    let r = req(i);
-                    match plan_replica(&big, &ledger, &r) {
-                        Decision::Placed(p) => {
-                            let node = big.node(&p.node).expect("placed on a fleet node");
-                            ledger.reserve(reservation_for(r.pod.clone(), &p, node, false, now));
+    for (name, fleet) in [("", &big), ("-dra", &big_dra)] {
+        group.bench_function(format!("1000_deployments_in_sequence/5000x8{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut ledger = Ledger::default();
+                    let start = Instant::now();
+                    for i in 0..1_000 {
+                        let r = req(i);
+                        match plan_replica(fleet, &ledger, &r) {
+                            Decision::Placed(p) => {
+                                let node = fleet.node(&p.node).expect("placed on a fleet node");
+                                ledger.reserve(reservation_for(
+                                    r.pod.clone(),
+                                    &p,
+                                    node,
+                                    false,
+                                    now,
+                                ));
+                            }
+                            Decision::Refused(why) => panic!("refused: {why:?}"),
                         }
-                        Decision::Refused(why) => panic!("refused: {why:?}"),
                     }
+                    total += start.elapsed();
                 }
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("planner_scaling");

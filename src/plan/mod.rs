@@ -384,6 +384,14 @@ struct Booked<'l> {
     shared_bytes: u64,
 }
 
+/// Buffers [`exact_fit`] reuses from node to node.
+#[derive(Default)]
+struct ExactScratch<'f> {
+    fitting: Vec<(&'f Gpu, u64, usize)>,
+    classes: Vec<(ClassKey<'f>, Estimate, LaunchPlan)>,
+    views: Vec<GpuMemoryView>,
+}
+
 /// A node that passed the shape-independent checks.
 struct Eligible<'f> {
     node: &'f FleetNode,
@@ -403,6 +411,7 @@ struct Eligible<'f> {
 /// rule is applied to those GPUs only. `None` when fewer than `tp` GPUs fit (the shortfall is
 /// recorded).
 fn exact_fit<'f, 'u>(
+    scratch: &mut ExactScratch<'f>,
     cache: &mut EstimateCache<'_, 'f>,
     rejections: &mut Rejections<'f>,
     si: usize,
@@ -427,16 +436,33 @@ fn exact_fit<'f, 'u>(
         free_bytes: g.free_bytes,
         reserved_bytes: g.reserved_bytes,
     };
-    // GPUs that fit the replica on their own, with their free bytes.
-    let mut fitting: Vec<(&'f Gpu, u64)> = Vec::with_capacity(usable.len());
+    // GPUs that fit the replica on their own, with their free bytes and their class's
+    // estimate. Nodes are mostly one GPU class: look each class up once per node.
+    let ExactScratch {
+        fitting,
+        classes,
+        views,
+    } = scratch;
+    fitting.clear();
+    classes.clear();
     for &g in usable {
-        let est = match cache.get(si, shape, g) {
-            Ok(e) => e,
-            Err(why) => {
-                rejections.invalid_shape(si, why);
-                return None;
+        let key = class_key(g);
+        let ci = match classes.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let est = match cache.get(si, shape, g) {
+                    Ok(e) => e.clone(),
+                    Err(why) => {
+                        rejections.invalid_shape(si, why);
+                        return None;
+                    }
+                };
+                let plan = launch(&est);
+                classes.push((key, est, plan));
+                classes.len() - 1
             }
         };
+        let (_, est, plan) = &classes[ci];
         let v = view(g);
         if !est.load_fits(v) {
             rejections.memory(
@@ -449,8 +475,8 @@ fn exact_fit<'f, 'u>(
             );
             continue;
         }
-        match choose_for_gpus(std::slice::from_ref(&v), &launch(est)) {
-            Ok(_) => fitting.push((g, v.free_bytes)),
+        match choose_for_gpus(std::slice::from_ref(&v), plan) {
+            Ok(_) => fitting.push((g, v.free_bytes, ci)),
             Err((_, short)) => rejections.memory(
                 si,
                 node.name.as_str(),
@@ -466,45 +492,39 @@ fn exact_fit<'f, 'u>(
     }
     match spec.memory.strategy {
         MemoryStrategy::MaximizeCache => {
-            fitting.sort_by_key(|(g, free)| (std::cmp::Reverse(*free), g.index))
+            fitting.sort_by_key(|(g, free, _)| (std::cmp::Reverse(*free), g.index))
         }
-        MemoryStrategy::Pack => fitting.sort_by_key(|(g, free)| (*free, g.index)),
+        MemoryStrategy::Pack => fitting.sort_by_key(|(g, free, _)| (*free, g.index)),
     }
-    let mut chosen: Vec<&'f Gpu> = fitting[..tp].iter().map(|(g, _)| *g).collect();
-    chosen.sort_by_key(|g| g.index);
+    fitting.truncate(tp);
+    fitting.sort_by_key(|(g, _, _)| g.index);
     // GPUs of one node may differ in class: the replica runs with the largest estimate among
     // its GPUs (tensor parallel ranks load equal shards).
-    let mut est: Option<Estimate> = None;
-    for g in &chosen {
-        if let Ok(e) = cache.get(si, shape, g)
-            && est
-                .as_ref()
-                .is_none_or(|cur| e.required_bytes() > cur.required_bytes())
-        {
-            est = Some(e.clone());
-        }
-    }
-    let est = est?;
-    let plan = launch(&est);
-    let views: Vec<GpuMemoryView> = chosen.iter().map(|g| view(g)).collect();
-    match choose_for_gpus(&views, &plan) {
+    let ci = fitting
+        .iter()
+        .map(|(_, _, ci)| *ci)
+        .max_by_key(|ci| classes[*ci].1.required_bytes())?;
+    let (_, est, plan) = &classes[ci];
+    views.clear();
+    views.extend(fitting.iter().map(|(g, _, _)| view(g)));
+    match choose_for_gpus(views, plan) {
         Ok((fit, limiting)) => {
             let needed = ((views[limiting].total_bytes as f64 * fit.utilization()).ceil() as u64)
                 .saturating_add(plan.startup_overhead_bytes);
             Some(NodeFit {
                 fit,
                 leftover_bytes: views[limiting].free_bytes.saturating_sub(needed),
-                gpus: Cow::Owned(chosen),
+                gpus: Cow::Owned(fitting.iter().map(|(g, _, _)| *g).collect()),
                 exact: true,
-                estimate: est,
-                plan,
+                estimate: est.clone(),
+                plan: plan.clone(),
             })
         }
         Err((i, short)) => {
             rejections.memory(
                 si,
                 node.name.as_str(),
-                chosen[i],
+                fitting[i].0,
                 short.needed_free_bytes,
                 short.free_bytes,
             );
@@ -661,6 +681,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
     }
 
     let mut views: Vec<GpuMemoryView> = Vec::new();
+    let mut scratch = ExactScratch::default();
     for (si, shape) in shapes.iter().enumerate() {
         let tp = shape.tensor_parallel_size;
         let mut best: Option<(&FleetNode, NodeFit)> = None;
@@ -673,6 +694,7 @@ fn plan_inner(fleet: &Fleet, ledger: &Ledger, req: &Request, hints: bool) -> Dec
             }
             if el.exact {
                 if let Some(nf) = exact_fit(
+                    &mut scratch,
                     &mut cache,
                     &mut rejections,
                     si,
