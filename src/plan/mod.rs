@@ -410,6 +410,7 @@ struct Eligible<'f> {
 /// (MaximizeCache: the most free; Pack: the least free that still fit), and the utilization
 /// rule is applied to those GPUs only. `None` when fewer than `tp` GPUs fit (the shortfall is
 /// recorded).
+#[allow(clippy::too_many_arguments)] // the planner loop's state, borrowed separately
 fn exact_fit<'f, 'u>(
     scratch: &mut ExactScratch<'f>,
     cache: &mut EstimateCache<'_, 'f>,
