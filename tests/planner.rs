@@ -179,22 +179,7 @@ fn plan_all(
     arch: &Architecture,
     spec: &VllmDeploymentSpec,
 ) -> (Vec<Placement>, Vec<String>) {
-    let now = ts("2026-11-26T12:00:00Z");
-    let mut out = Vec::new();
-    for i in 0..spec.replicas {
-        let pod_name = format!("{name}-{i}");
-        let req = request(&pod_name, arch, spec, VllmFamily::V0_11);
-        match plan_replica(fleet, ledger, &req) {
-            Decision::Placed(p) => {
-                let node = fleet.node(&p.node).unwrap();
-                let shared = spec.gpu.sharing == Sharing::Shared;
-                ledger.reserve(reservation_for(pod(&pod_name), &p, node, shared, now));
-                out.push(*p);
-            }
-            Decision::Refused(r) => return (out, r),
-        }
-    }
-    (out, Vec::new())
+    plan_all_with(fleet, ledger, name, arch, spec, GpuAllocation::default())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1339,6 +1324,7 @@ fn h100_gpu0_busy() -> FleetNode {
     mk_node("h100-node", gpus)
 }
 
+/// [`plan_all`] with a `--gpu-allocation` mode.
 fn plan_all_with(
     fleet: &Fleet,
     ledger: &mut Ledger,
